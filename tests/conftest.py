@@ -1,0 +1,48 @@
+"""Shared test helpers: random level-balanced trees and the dense state-enumeration oracle of the tree loss."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from hrn import Hierarchy
+
+
+def random_tree(depth: int, seed: int, max_children: int = 3, roots: int | None = None) -> Hierarchy:
+    """A random level-balanced tree of ``depth`` levels (every leaf at the deepest level)."""
+    rng = random.Random(seed)
+    level = [f"n0_{i}" for i in range(roots or rng.randint(1, 3))]
+    edges = []
+    for d in range(1, depth):
+        nxt = []
+        for parent in level:
+            for _ in range(rng.randint(1, max_children)):
+                child = f"n{d}_{len(nxt)}"
+                nxt.append(child)
+                edges.append((parent, child))
+        level = nxt
+    rng.shuffle(edges)  # the builder must not depend on edge order for structure
+    return Hierarchy.from_edges(edges)
+
+
+def dense_log_marginals(h: Hierarchy, scores: torch.Tensor) -> torch.Tensor:
+    """The oracle: enumerate the N + 1 legal states explicitly (paper Eq. 3-5). (B, N) -> (B, N) log P(v).
+
+    State 0 is the empty state; state v + 1 = {v} ∪ ancestors(v). P(v) sums P over states that contain v.
+    """
+    states = torch.cat([torch.zeros(1, h.num_nodes, dtype=scores.dtype), h.ancestors.to(scores.dtype)])  # (N+1, N)
+    log_p_state = (scores @ states.T).log_softmax(dim=1)  # (B, N+1)
+    contains = states.bool()  # (N+1, N): state s contains node v
+    out = []
+    for v in range(h.num_nodes):
+        out.append(torch.logsumexp(log_p_state[:, contains[:, v]], dim=1))
+    return torch.stack(out, dim=1)
+
+
+@pytest.fixture
+def small_tree() -> Hierarchy:
+    return Hierarchy.from_edges(
+        [("a", "b"), ("a", "c"), ("b", "d"), ("b", "e"), ("c", "f"), ("x", "y"), ("y", "z"), ("y", "w")]
+    )
