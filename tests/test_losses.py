@@ -1,0 +1,142 @@
+"""Layer 2: the tree loss (against the dense state-enumeration oracle) and the composite loss."""
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hrn import CompositeLoss, Hierarchy, HRNOutput, TreeLoss
+from tests.conftest import dense_log_marginals, random_tree
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs() / b.abs().clamp_min(1e-12)).max().item()
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4, 5])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_oracle_values_gradients_marginals(depth, seed):
+    h = random_tree(depth, seed=seed * 10 + depth)
+    loss = TreeLoss(h)
+    g = torch.Generator().manual_seed(seed)
+    scores = (torch.randn(6, h.num_nodes, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    targets = torch.randint(0, h.num_nodes, (6,), generator=g)
+
+    oracle_lp = dense_log_marginals(h, scores)
+    oracle = -oracle_lp.gather(1, targets[:, None]).mean()
+    (oracle_grad,) = torch.autograd.grad(oracle, scores)
+    ours = loss(scores, targets)
+    (ours_grad,) = torch.autograd.grad(ours, scores)
+
+    torch.testing.assert_close(ours, oracle, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours_grad, oracle_grad, rtol=1e-9, atol=1e-12)
+    marg = loss.marginals(scores.detach())
+    torch.testing.assert_close(marg, oracle_lp.detach().exp(), rtol=1e-10, atol=1e-12)
+
+
+def test_marginals_are_consistent(small_tree):
+    """P(parent) = P(parent's own state) + sum of P(children): a parent is at least as likely as each child."""
+    loss = TreeLoss(small_tree)
+    m = loss.marginals(torch.randn(5, small_tree.num_nodes))
+    parent = small_tree.parent
+    child = torch.arange(small_tree.num_nodes)[parent >= 0]
+    assert (m[:, parent[child]] >= m[:, child] - 1e-7).all()
+    off = small_tree.offsets
+    for lvl in range(small_tree.num_levels):  # a level's nodes are mutually exclusive
+        assert (m[:, off[lvl] : off[lvl + 1]].sum(1) <= 1 + 1e-6).all()
+
+
+def test_stable_for_raw_logits_of_magnitude_100(small_tree):
+    loss = TreeLoss(small_tree)
+    scores = (torch.randn(8, small_tree.num_nodes) * 100).requires_grad_()
+    targets = torch.arange(8) % small_tree.num_nodes
+    value = loss(scores, targets)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(scores.grad).all()
+    oracle = -dense_log_marginals(small_tree, scores.detach().double()).gather(1, targets[:, None]).mean()
+    torch.testing.assert_close(value.double(), oracle, rtol=1e-5, atol=1e-3)
+
+
+def test_half_precision_scores_are_computed_in_fp32(small_tree):
+    scores = torch.randn(4, small_tree.num_nodes)
+    t = torch.tensor([0, 3, 5, 9])
+    loss = TreeLoss(small_tree)
+    out = loss(scores.bfloat16(), t)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, loss(scores.bfloat16().float(), t))
+
+
+def test_bad_score_shape_is_one_line(small_tree):
+    with pytest.raises(ValueError, match=r"scores of shape \(B, 10\)"):
+        TreeLoss(small_tree)(torch.zeros(2, 9), torch.zeros(2, dtype=torch.long))
+
+
+def test_hundred_thousand_nodes_at_batch_64():
+    # 10 roots -> 1,000 -> 99,000: 100,010 nodes, three levels.
+    edges = [(f"r{i // 100}", f"m{i}") for i in range(1000)] + [(f"m{i // 99}", f"l{i}") for i in range(99_000)]
+    h = Hierarchy.from_edges(edges)
+    assert h.num_nodes == 100_010
+    loss = TreeLoss(h)
+    scores = torch.randn(64, h.num_nodes, requires_grad=True)
+    targets = torch.randint(0, h.num_nodes, (64,))
+    start = time.perf_counter()
+    value = loss(scores, targets)
+    value.backward()
+    elapsed = time.perf_counter() - start
+    assert torch.isfinite(value) and torch.isfinite(scores.grad).all()
+    # exactness on a slice: the marginal of a root equals the sum over its subtree computed the long way
+    with torch.no_grad():
+        lp = loss.log_marginals(scores[:2])
+        s = scores[:2].double()
+        c_mid = s[:, 10:1010] + s[:, :10].repeat_interleave(100, dim=1)
+        c_leaf = s[:, 1010:] + c_mid.repeat_interleave(99, dim=1)
+        a_root0 = torch.logsumexp(torch.cat([s[:, :1], c_mid[:, :100], c_leaf[:, : 100 * 99]], 1), 1)
+        log_z = torch.logsumexp(torch.cat([torch.zeros(2, 1, dtype=torch.float64), s[:, :10], c_mid, c_leaf], 1), 1)
+        torch.testing.assert_close(lp[:, 0].double(), a_root0 - log_z, rtol=1e-4, atol=1e-4)
+    print(f"100,010-node tree, batch 64, forward+backward: {elapsed:.3f} s")
+
+
+def _output(h: Hierarchy, b: int, seed: int = 0) -> HRNOutput:
+    g = torch.Generator().manual_seed(seed)
+    logits = [torch.randn(b, n, generator=g) for n in h.level_sizes]
+    return HRNOutput([t.sigmoid() for t in logits], logits, torch.randn(b, h.level_sizes[-1], generator=g))
+
+
+def test_composite_is_tree_plus_leaf_ce_on_leaf_labelled_only(small_tree):
+    h = small_tree
+    out = _output(h, 4)
+    targets = torch.tensor([h.index("d"), h.index("b"), h.index("w"), h.index("x")])  # 2 leaf, 2 coarse
+    terms = CompositeLoss(h)(out, targets)
+    tree = TreeLoss(h)(out.scores("sigmoid"), targets)
+    leaf0 = h.offsets[-2]
+    ce = F.cross_entropy(out.leaf_logits[[0, 2]], targets[[0, 2]] - leaf0)
+    torch.testing.assert_close(terms.terms["tree"], tree)
+    torch.testing.assert_close(terms.terms["leaf_ce"], ce)
+    torch.testing.assert_close(terms.total, tree + ce)
+    # λ weights the CE; the raw-logit ablation feeds logits to the tree loss
+    half = CompositeLoss(h, leaf_weight=0.5, tree_scores="logits")(out, targets)
+    torch.testing.assert_close(half.terms["leaf_ce"], 0.5 * ce)
+    torch.testing.assert_close(half.terms["tree"], TreeLoss(h)(out.scores("logits"), targets))
+
+
+def test_composite_without_leaf_labels_has_zero_ce_and_gradients(small_tree):
+    h = small_tree
+    out = _output(h, 3)
+    out.leaf_logits.requires_grad_()
+    terms = CompositeLoss(h)(out, torch.tensor([0, 1, 2]))
+    assert terms.terms["leaf_ce"].item() == 0.0
+    terms.total.backward()
+    assert out.leaf_logits.grad is not None and (out.leaf_logits.grad == 0).all()
+
+
+def test_oracle_worst_relative_error():
+    """The worst relative error of every marginal against the oracle, float64, depths 2-5 (printed for reports)."""
+    worst = {}
+    for depth in (2, 3, 4, 5):
+        for seed in range(5):
+            h = random_tree(depth, seed=100 + seed)
+            scores = torch.randn(16, h.num_nodes, dtype=torch.float64) * 5
+            worst[depth] = max(worst.get(depth, 0.0),
+                               rel_err(TreeLoss(h).marginals(scores), dense_log_marginals(h, scores).exp()))
+    print(f"worst relative error of the marginals vs the dense oracle: {max(worst.values()):.3e} by depth {worst}")
+    assert max(worst.values()) < 1e-9
