@@ -1,0 +1,116 @@
+"""The LightningModule: the one place that knows about Lightning.
+
+It is *given* its network, loss, optimiser and scheduler (the last two as partials, from Hydra's
+``_partial_: true``), so the same module trains HRN and the compared methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from hrn.hierarchy import Hierarchy
+
+__all__ = ["HRNModule", "CHECKPOINT_KEY"]
+
+CHECKPOINT_KEY = "hrn"  # the checkpoint's self-description lives under this key
+STAGES = ("train", "val", "test")
+
+
+class HRNModule(L.LightningModule):
+    """Trains and evaluates a hierarchical classifier.
+
+    Args:
+        net: maps images (B, 3, H, W) to an :class:`hrn.model.HRNOutput`-like object (``sigmoid``, ``leaf_logits``).
+        loss: ``loss(output, targets) -> LossTerms`` (total and named terms).
+        hierarchy: the label tree the targets index into.
+        optimizer: ``optimizer(params) -> torch.optim.Optimizer``; the net's parameter groups carry an
+            ``lr_scale`` that multiplies the optimiser's learning rate (trunk 10x smaller in the paper).
+        scheduler: ``scheduler(optimizer) -> LRScheduler`` stepped once per epoch, or None.
+        description: plain data saved in the checkpoint beside the tree (net settings, transforms), so a
+            checkpoint describes itself.
+
+    Logged per stage: ``{stage}/loss`` and each loss term ``{stage}/loss_<term>``; ``{stage}/acc_l{l}`` for
+    l = 1..L (sigmoid head for l < L, leaf softmax head for l = L) and ``{stage}/acc_leaf_sigmoid``. A sample
+    counts at level l only when its label is at level l or finer, so in training (relabelled data) only
+    leaf-labelled samples count for leaf accuracy.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        hierarchy: Hierarchy,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        description: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.loss = loss
+        self.hierarchy = hierarchy
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.description = dict(description or {})
+        self.num_levels = hierarchy.num_levels
+        # (L, N): the level-l class implied by each label, -1 when the label is coarser than level l.
+        self.register_buffer("ancestor_at_level", hierarchy.ancestor_at_level, persistent=False)
+        self.metrics = nn.ModuleDict()
+        for stage in STAGES:
+            accs = {
+                f"acc_l{lvl}": MulticlassAccuracy(n, average="micro", ignore_index=-1)
+                for lvl, n in enumerate(hierarchy.level_sizes, start=1)
+            }
+            accs["acc_leaf_sigmoid"] = MulticlassAccuracy(hierarchy.level_sizes[-1], average="micro", ignore_index=-1)
+            self.metrics[f"{stage}_metrics"] = nn.ModuleDict(accs)  # "train" itself is taken by nn.Module
+
+    def forward(self, images: torch.Tensor):
+        return self.net(images)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        images, targets = batch
+        output = self.net(images)
+        terms = self.loss(output, targets)
+        batch_size = targets.shape[0]
+        self.log(f"{stage}/loss", terms.total, on_step=stage == "train", on_epoch=True, prog_bar=True,
+                 batch_size=batch_size, sync_dist=stage != "train")
+        for name, value in terms.terms.items():
+            self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size,
+                     sync_dist=stage != "train")
+
+        level_targets = self.ancestor_at_level[:, targets]  # (L, B)
+        metrics = self.metrics[f"{stage}_metrics"]
+        preds = [s.argmax(1) for s in output.sigmoid[:-1]] + [output.leaf_logits.argmax(1)]
+        for lvl, pred in enumerate(preds, start=1):
+            metrics[f"acc_l{lvl}"](pred, level_targets[lvl - 1])
+        metrics["acc_leaf_sigmoid"](output.sigmoid[-1].argmax(1), level_targets[-1])
+        for name, metric in metrics.items():
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc_l1",
+                     batch_size=batch_size)
+        return terms.total
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        groups = self.net.param_groups() if hasattr(self.net, "param_groups") else [{"params": self.parameters()}]
+        optimizer = self.optimizer_factory(groups)
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"tree": self.hierarchy.to_dict(), **self.description}
