@@ -1,0 +1,89 @@
+"""What the entry points (``hrn.train``, ``hrn.inspect``, ...) share: config -> data, model and run files.
+
+Entry-point layer: it may import Hydra and OmegaConf; nothing below it does.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from hrn.data.base import DataSplits, apply_protocols
+from hrn.errors import HRNError
+
+__all__ = ["build_data", "build_module", "write_json", "report_errors", "CONF_DIR"]
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def build_data(cfg: DictConfig) -> DataSplits:
+    """Instantiate ``cfg.dataset`` and apply the top-level protocols (relabel, degrade) to its training split."""
+    data: DataSplits = instantiate(cfg.dataset)
+    apply_protocols(
+        data,
+        relabel_ratio=cfg.relabel_ratio,
+        relabel_order=cfg.relabel.order,
+        degrade_scale=cfg.degrade.scale,
+        degrade_apply_to=cfg.degrade.apply_to,
+        seed=cfg.seed,
+    )
+    return data
+
+
+def build_module(cfg: DictConfig, data: DataSplits):
+    """The LightningModule for ``cfg`` on ``data``'s tree: net, loss, optimiser and scheduler from the config."""
+    from hrn.lit import HRNModule  # Lightning is imported only where a module is built
+
+    h = data.hierarchy
+    net = instantiate(cfg.model.net, hierarchy=h)
+    loss = instantiate(cfg.loss, hierarchy=h)
+    scheduler = instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None
+    description = {
+        "net": OmegaConf.to_container(cfg.model.net, resolve=True),
+        "data": {"name": data.name, **data.info},
+    }
+    return HRNModule(net, loss, h, instantiate(cfg.model.optimizer), scheduler, description=description)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write ``obj`` as JSON atomically: a temporary file in the same folder, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def report_errors(fn: Callable) -> Callable:
+    """Turn the package's own errors into one line on stderr and exit status 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            cause: BaseException | None = e
+            while cause is not None and not isinstance(cause, HRNError):  # Hydra's instantiate wraps errors
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            print(f"hrn: error: {cause}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper
