@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from hrn import CompositeLoss, Hierarchy, HRNOutput, TreeLoss
 from tests.conftest import dense_log_marginals, random_tree
 
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs() / b.abs().clamp_min(1e-12)).max().item()
 
