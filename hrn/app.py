@@ -38,16 +38,26 @@ def build_data(cfg: DictConfig) -> DataSplits:
     return data
 
 
+MODULE_KEYS = ("optimizer", "scheduler")  # keys of cfg.model that configure training, not the network
+
+
+def net_config(cfg: DictConfig) -> dict:
+    """The network's part of ``cfg.model`` (``_target_`` and its arguments) as a plain dict."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    return {k: v for k, v in model.items() if k not in MODULE_KEYS}
+
+
 def build_module(cfg: DictConfig, data: DataSplits):
     """The LightningModule for ``cfg`` on ``data``'s tree: net, loss, optimiser and scheduler from the config."""
     from hrn.lit import HRNModule  # Lightning is imported only where a module is built
 
     h = data.hierarchy
-    net = instantiate(cfg.model.net, hierarchy=h)
+    net_cfg = net_config(cfg)
+    net = instantiate(net_cfg, hierarchy=h)
     loss = instantiate(cfg.loss, hierarchy=h)
     scheduler = instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None
     description = {
-        "net": OmegaConf.to_container(cfg.model.net, resolve=True),
+        "net": net_cfg,
         "data": {"name": data.name, **data.info},
     }
     return HRNModule(net, loss, h, instantiate(cfg.model.optimizer), scheduler, description=description)

@@ -19,8 +19,8 @@ TINY = [  # shrink the default synthetic run to seconds
     "dataset.val_per_leaf=2",
     "dataset.test_per_leaf=3",
     "dataset.batch_size=16",
-    "model.net.width=32",
-    "model.net.dim=16",
+    "model.width=32",
+    "model.dim=16",
     "callbacks.progress_bar.refresh_rate=0",
 ]
 LEVEL_KEYS = {"test/acc_l1", "test/acc_l2", "test/acc_l3", "test/acc_leaf_sigmoid", "test/loss", "test/loss_tree",
@@ -36,10 +36,10 @@ def test_default_config_composes_with_all_groups(tmp_path):
     cfg = make_cfg(tmp_path)
     assert {"dataset", "model", "loss", "trainer", "callbacks", "logger", "seed", "relabel_ratio"} <= set(cfg)
     assert cfg.dataset._target_ == "hrn.data.synthetic.synthetic"
-    assert cfg.model.net.trunk == "resnet18" and cfg.model.net.pretrained is False  # chosen by the dataset
+    assert cfg.model.trunk == "resnet18" and cfg.model.pretrained is False  # chosen by the dataset
     assert cfg.model.scheduler.T_max == cfg.trainer.max_epochs
     # the command line wins over what the dataset picks
-    assert make_cfg(tmp_path, "model.net.trunk=resnet34").model.net.trunk == "resnet34"
+    assert make_cfg(tmp_path, "model.trunk=resnet34").model.trunk == "resnet34"
 
 
 def test_fast_dev_run_writes_metrics_json(tmp_path):
@@ -73,7 +73,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     [
         ("relabel_ratio=1.0", "hrn: error: relabel_ratio=1.0 is outside [0, 1)"),
         ("relabel_ratio=-0.2", "hrn: error: relabel_ratio=-0.2 is outside [0, 1)"),
-        ("model.net.trunk=vgg16", "hrn: error: unknown trunk 'vgg16'; valid trunks: resnet18, resnet34, resnet50"),
+        ("model.trunk=vgg16", "hrn: error: unknown trunk 'vgg16'; valid trunks: resnet18, resnet34, resnet50"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(tmp_path, override, message):
