@@ -1,0 +1,265 @@
+"""Layer 1-2: the paper's datasets and the user's folder format, on tiny copies in their real on-disk layouts."""
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from hrn.data.aircraft import aircraft
+from hrn.data.base import DataError, apply_protocols
+from hrn.data.cars import cars
+from hrn.data.cub import cub
+from hrn.data.files import shipped
+from hrn.data.folder import folder
+from hrn.errors import HRNError
+from tests import fixtures
+
+SMALL = {"resize": 20, "crop": 16, "num_workers": 0}
+
+
+@pytest.fixture(scope="session")
+def roots(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("datasets")
+    return {
+        "cub": fixtures.write_cub(base / "cub"),
+        "aircraft": fixtures.write_aircraft(base / "aircraft"),
+        "cars": fixtures.write_cars_folders(base / "cars"),
+        "cars_tv": fixtures.write_cars_torchvision(base / "cars_tv"),
+        "folder": fixtures.write_folder(base / "folder"),
+        "folder_nosplit": fixtures.write_folder(base / "folder_nosplit", with_split=False),
+    }
+
+
+@pytest.fixture
+def copy_of(roots, tmp_path):
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(roots[name], tmp_path / name))
+
+    return copy
+
+
+def test_cub_layout(roots):
+    data = cub(str(roots["cub"]), val_fraction=0, **SMALL)
+    h = data.hierarchy
+    assert h.level_sizes == [13, 38, 200]
+    assert "Black footed Albatross" in h.levels[2] and "Laysan Albatross" in h.levels[2]
+    assert (len(data.train), len(data.test)) == (600, 200)
+    assert data.val is data.test  # val_fraction=0 validates on test, as the authors did
+    # species 1 (Black-footed Albatross) is in family 35 of order 12, as the authors' CSV says
+    albatross = h.index("Black footed Albatross")
+    assert h.names[h.parent_of(albatross)] == "family_35"
+    assert h.names[h.parent_of(h.parent_of(albatross))] == "order_12"
+    # training images follow the authors' list order (images.txt in the fixture is sorted differently)
+    order = {p: i for i, p in enumerate(shipped("cub_train_order.txt").read_text().split())}
+    ranks = [order[str(Path(p).relative_to(roots["cub"] / "CUB_200_2011" / "images"))] for p in data.train.paths]
+    assert ranks == sorted(ranks)
+    image, target = data.train[0]
+    assert image.shape == (3, 16, 16) and h.is_leaf(target)
+
+
+def test_val_fraction_holds_out_per_class(roots):
+    data = cub(str(roots["cub"]), val_fraction=0.34, **SMALL)
+    assert (len(data.train), len(data.val)) == (400, 200)  # round(3 * 0.34) = 1 per species
+    assert sorted(data.val.targets) == sorted(range(51, 251))
+    again = cub(str(roots["cub"]), val_fraction=0.34, **SMALL)
+    assert again.val.paths == data.val.paths  # seeded
+    assert set(data.val.paths).isdisjoint(data.train.paths)
+
+
+def test_aircraft_tree_from_the_dataset_files(roots):
+    data = aircraft(str(roots["aircraft"]), val_fraction=0, **SMALL)
+    h = data.hierarchy
+    assert h.level_sizes == [30, 70, 100]
+    assert "A300B4" in h.levels[2] and "Maker 1" in h.levels[0]
+    assert (len(data.train), len(data.test)) == (200, 100)
+    # a family named like its variant is kept distinct from it
+    assert any(name.endswith(" (family)") for name in h.levels[1])
+    order = {k: i for i, k in enumerate(shipped("aircraft_trainval_order.txt").read_text().split())}
+    ranks = [order[Path(p).stem] for p in data.train.paths]
+    assert ranks == sorted(ranks)
+
+
+def test_aircraft_disagreeing_with_the_shipped_tree_is_one_line(copy_of):
+    root = copy_of("aircraft")
+    fam = root / "fgvc-aircraft-2013b/data/images_family_trainval.txt"
+    lines = fam.read_text().splitlines()
+    image_id = lines[0].split()[0]
+    lines[0] = f"{image_id} Family 2"  # moves an A300B4 image to another family than its other images
+    fam.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="listed under two families/makers|disagrees with the shipped HRN tree"):
+        aircraft(str(root), **SMALL)
+
+
+@pytest.mark.parametrize("layout", ["cars", "cars_tv"])
+def test_cars_both_layouts(roots, layout):
+    data = cars(str(roots[layout]), val_fraction=0, **SMALL)
+    h = data.hierarchy
+    assert h.level_sizes == [9, 196]
+    assert h.levels[0] == [f"type_{i}" for i in range(1, 10)]
+    assert "AM General Hummer SUV 2000" in h.levels[1]
+    assert (len(data.train), len(data.test)) == (392, 196)
+    assert h.names[h.parent_of(h.index("AM General Hummer SUV 2000"))] == "type_7"  # model 1 -> type 7
+    # types hold 18/26/34/13/7/50/35/6/7 models
+    sizes = [sum(h.parent_of(h.index(m)) == t for m in h.levels[1]) for t in range(9)]
+    assert sizes == [18, 26, 34, 13, 7, 50, 35, 6, 7]
+
+
+def test_folder_with_split_column_and_coarse_labels(roots):
+    data = folder(str(roots["folder"]), **SMALL)
+    h = data.hierarchy
+    assert h.levels == [["Animal", "Plant"], ["Bird", "Fish", "Tree"], ["Sparrow", "Crow", "Cod", "Oak", "Pine"]]
+    assert (len(data.train), len(data.val), len(data.test)) == (12, 5, 5)
+    assert data.train.labelled_at_level(h) == [1, 1, 10]
+
+
+def test_folder_without_split_column_is_a_seeded_split(roots):
+    data = folder(str(roots["folder_nosplit"]), val_fraction=0.2, test_fraction=0.25, **SMALL)
+    n = len(data.train) + len(data.val) + len(data.test)
+    assert n == 22 and len(data.test) >= 5 and len(data.val) >= 5
+    assert folder(str(roots["folder_nosplit"]), val_fraction=0.2, test_fraction=0.25, **SMALL).test.paths == \
+        data.test.paths
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("order", ["file", "random"])
+def test_relabel_counts_on_cub(roots, ratio, order):
+    data = cub(str(roots["cub"]), val_fraction=0, **SMALL)
+    before = list(data.train.targets)
+    apply_protocols(data, relabel_ratio=ratio, relabel_order=order, seed=1)
+    keep = math.ceil(round(3 * (1 - ratio), 9))
+    h = data.hierarchy
+    assert data.train.labelled_at_level(h) == [0, 200 * (3 - keep), 200 * keep]
+    assert data.info["protocol"]["relabelled"] == 200 * (3 - keep)
+    if order == "file":  # the first images of each class in the authors' order keep their label
+        for leaf in set(before):
+            members = [i for i, t in enumerate(before) if t == leaf]
+            assert [data.train.targets[i] == leaf for i in members] == [True] * keep + [False] * (3 - keep)
+    assert all(h.is_leaf(t) for t in data.test.targets)
+
+
+@pytest.mark.parametrize(("apply_to", "expected"), [("relabelled", 200), ("all", 600)])
+def test_degrade_on_cub(roots, apply_to, expected):
+    data = cub(str(roots["cub"]), val_fraction=0, **SMALL)
+    apply_protocols(data, relabel_ratio=0.5, degrade_scale=0.25, degrade_apply_to=apply_to)
+    assert sum(data.train.degraded) == expected and not any(data.test.degraded)
+    data.train.transform = None
+    i = data.train.degraded.index(True)
+    image, _ = data.train[i]
+    assert image.size == (4, 4)  # 16 px * 0.25, before the usual transforms bring it back to the crop size
+
+
+# ---------------------------------------------------------------- bad input: one clear line each
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(("loader", "expect"), [
+    (cub, "CUB_200_2011 not found; expected ROOT/CUB_200_2011/ with images/"),
+    (aircraft, "fgvc-aircraft-2013b/data not found; expected ROOT/fgvc-aircraft-2013b/data/"),
+    (cars, "no Stanford Cars images found; expected either torchvision's StanfordCars layout"),
+    (folder, "folder not found; expected tree.csv"),
+])
+def test_missing_root(tmp_path, loader, expect):
+    with pytest.raises(DataError) as e:
+        loader(str(tmp_path / "nowhere"))
+    assert expect in one_line(e) and "nowhere" in str(e.value)
+
+
+@pytest.mark.parametrize(("name", "index_file"), [
+    ("cub", "CUB_200_2011/train_test_split.txt"),
+    ("aircraft", "fgvc-aircraft-2013b/data/images_manufacturer_test.txt"),
+    ("folder", "labels.csv"),
+])
+def test_missing_index_file(copy_of, name, index_file):
+    root = copy_of(name)
+    (root / index_file).unlink()
+    loader = {"cub": cub, "aircraft": aircraft, "folder": folder}[name]
+    with pytest.raises(DataError) as e:
+        loader(str(root), **SMALL)
+    assert str(root / index_file) in one_line(e) and "expected" in str(e.value)
+
+
+def test_cars_torchvision_layout_missing_annotations(copy_of):
+    root = copy_of("cars_tv")
+    (root / "stanford_cars/cars_test_annos_withlabels.mat").unlink()
+    with pytest.raises(DataError, match="cannot read the StanfordCars test split") as e:
+        cars(str(root), **SMALL)
+    one_line(e)
+
+
+def test_image_listed_but_absent(copy_of):
+    root = copy_of("cub")
+    victim = next((root / "CUB_200_2011/images").rglob("*.jpg"))
+    victim.unlink()
+    with pytest.raises(DataError, match="image listed in .* but absent") as e:
+        cub(str(root), **SMALL)
+    assert str(victim) in one_line(e)
+
+
+def test_undecodable_image_error_or_skip(copy_of, caplog):
+    root = copy_of("folder")
+    victim = root / "img/Oak_0.jpg"
+    victim.write_bytes(b"this is not a jpeg")
+    with pytest.raises(DataError, match="cannot decode the image; replace the file or set dataset.on_bad_image=skip"
+                       ) as e:
+        folder(str(root), **SMALL)
+    assert str(victim) in one_line(e)
+    data = folder(str(root), on_bad_image="skip", **SMALL)
+    assert data.info["skipped_images"] == 1 and str(victim) not in data.train.paths
+    assert "skipped 1 undecodable image" in caplog.text
+    with pytest.raises(DataError, match="on_bad_image='ignore'"):
+        folder(str(root), on_bad_image="ignore", **SMALL)
+
+
+def test_label_not_in_tree_names_the_csv_line(copy_of):
+    root = copy_of("folder")
+    lines = (root / "labels.csv").read_text().splitlines()
+    lines[3] = "img/Oak_0.jpg,Maple,train"
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"labels.csv:4: label 'Maple' is not a node of the tree") as e:
+        folder(str(root), **SMALL)
+    one_line(e)
+
+
+def test_split_with_no_samples(copy_of):
+    root = copy_of("folder")
+    lines = [line for line in (root / "labels.csv").read_text().splitlines() if not line.endswith(",test")]
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="the folder test split has no samples") as e:
+        folder(str(root), **SMALL)
+    one_line(e)
+
+
+def test_bad_tree_in_folder_is_one_line(copy_of):
+    root = copy_of("folder")
+    with (root / "tree.csv").open("a") as f:
+        f.write("Fish,Bird\n")
+    with pytest.raises(HRNError, match="tree.csv: .*(cycle|two parents)") as e:
+        folder(str(root), **SMALL)
+    one_line(e)
+
+
+def test_bad_split_value_and_header(copy_of):
+    root = copy_of("folder")
+    lines = (root / "labels.csv").read_text().splitlines()
+    lines[1] = lines[1].rsplit(",", 1)[0] + ",holdout"
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"labels.csv:2: split 'holdout' must be one of train, val, test"):
+        folder(str(root), **SMALL)
+    (root / "labels.csv").write_text("file,class\na.jpg,Oak\n")
+    with pytest.raises(DataError, match="header 'path,label'"):
+        folder(str(root), **SMALL)
+
+
+def test_decode_failure_during_training_names_the_file(copy_of):
+    data = folder(str(copy_of("folder")), **SMALL)
+    Path(data.train.paths[0]).write_bytes(b"broken after the check")
+    with pytest.raises(DataError, match="cannot decode the image"):
+        data.train[0]
+    assert torch.is_tensor(data.train[1][0])
