@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from hrn.data.base import DataSplits, apply_protocols
 from hrn.errors import HRNError
 
-__all__ = ["build_data", "build_module", "write_json", "report_errors", "CONF_DIR"]
+__all__ = ["build_data", "build_module", "load_checkpoint", "write_json", "report_errors", "CONF_DIR"]
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -58,9 +58,57 @@ def build_module(cfg: DictConfig, data: DataSplits):
     scheduler = instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None
     description = {
         "net": net_cfg,
+        "loss": OmegaConf.to_container(cfg.loss, resolve=True),
+        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
         "data": {"name": data.name, **data.info},
     }
     return HRNModule(net, loss, h, instantiate(cfg.model.optimizer), scheduler, description=description)
+
+
+class CheckpointError(HRNError):
+    """A checkpoint that is missing, unreadable or not written by ``hrn.train``."""
+
+
+def load_checkpoint(path: str | Path):
+    """Rebuild the LightningModule of an HRN checkpoint from the checkpoint alone (tree, net, loss, weights).
+
+    Returns ``(module, meta)``: the module in eval mode and the checkpoint's self-description (``meta["tree"]``,
+    ``meta["net"]``, ``meta["dataset"]``, ``meta["data"]`` with the transform sizes).
+    """
+    import torch
+
+    from hrn.hierarchy import Hierarchy
+    from hrn.lit import CHECKPOINT_KEY, HRNModule
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CheckpointError(
+            f"ckpt_path={path}: cannot read the checkpoint ({type(e).__name__}); the file is truncated or not a "
+            "PyTorch checkpoint"
+        ) from None
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"ckpt_path={path}: not an HRN checkpoint (no '{CHECKPOINT_KEY}' entry); use one written by hrn.train"
+        )
+    meta = ckpt[CHECKPOINT_KEY]
+    h = Hierarchy.from_dict(meta["tree"])
+    net_cfg = dict(meta["net"])
+    for key, off in (("pretrained", False), ("weights", None)):  # the checkpoint's weights replace any download
+        if key in net_cfg:
+            net_cfg[key] = off
+    net = instantiate(net_cfg, hierarchy=h)
+    loss = instantiate(meta.get("loss") or {"_target_": "hrn.losses.CompositeLoss"}, hierarchy=h)
+    module = HRNModule(net, loss, h, optimizer=functools.partial(torch.optim.SGD, lr=0.0), description=meta)
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"ckpt_path={path}: weights do not fit the network it describes ({first})") from None
+    return module.eval(), meta
 
 
 def write_json(path: str | Path, obj) -> None:

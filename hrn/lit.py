@@ -14,11 +14,12 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from hrn.hierarchy import Hierarchy
+from hrn.losses import TreeLoss
+from hrn.metrics import HierarchicalMetrics, level_predictions
 
 __all__ = ["HRNModule", "CHECKPOINT_KEY"]
 
 CHECKPOINT_KEY = "hrn"  # the checkpoint's self-description lives under this key
-STAGES = ("train", "val", "test")
 
 
 class HRNModule(L.LightningModule):
@@ -59,39 +60,55 @@ class HRNModule(L.LightningModule):
         self.num_levels = hierarchy.num_levels
         # (L, N): the level-l class implied by each label, -1 when the label is coarser than level l.
         self.register_buffer("ancestor_at_level", hierarchy.ancestor_at_level, persistent=False)
-        self.metrics = nn.ModuleDict()
-        for stage in STAGES:
-            accs = {
-                f"acc_l{lvl}": MulticlassAccuracy(n, average="micro", ignore_index=-1)
-                for lvl, n in enumerate(hierarchy.level_sizes, start=1)
-            }
-            accs["acc_leaf_sigmoid"] = MulticlassAccuracy(hierarchy.level_sizes[-1], average="micro", ignore_index=-1)
-            self.metrics[f"{stage}_metrics"] = nn.ModuleDict(accs)  # "train" itself is taken by nn.Module
+        # Training: running per-level accuracy. Validation and test: the full hierarchical metrics (hrn.metrics).
+        self.train_metrics = nn.ModuleDict(
+            {f"acc_l{lvl}": MulticlassAccuracy(n, average="micro", ignore_index=-1)
+             for lvl, n in enumerate(hierarchy.level_sizes, start=1)}
+        )
+        self.train_metrics["acc_leaf_sigmoid"] = MulticlassAccuracy(
+            hierarchy.level_sizes[-1], average="micro", ignore_index=-1
+        )
+        self.eval_metrics = nn.ModuleDict({stage: HierarchicalMetrics(hierarchy) for stage in ("val", "test")})
+        # Tree marginals for the marginal-based predictions, on the scores the loss uses.
+        self.tree = TreeLoss(hierarchy)
+        self.tree_scores = getattr(loss, "tree_scores", "sigmoid")
 
     def forward(self, images: torch.Tensor):
         return self.net(images)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
-        images, targets = batch
+        images, targets = batch[0], batch[1]
+        index = batch[2] if len(batch) > 2 else None  # dataset indices, to count each image once under DDP
         output = self.net(images)
         terms = self.loss(output, targets)
         batch_size = targets.shape[0]
+        sync = stage != "train"
         self.log(f"{stage}/loss", terms.total, on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 batch_size=batch_size, sync_dist=stage != "train")
+                 batch_size=batch_size, sync_dist=sync)
         for name, value in terms.terms.items():
             self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size,
-                     sync_dist=stage != "train")
-
-        level_targets = self.ancestor_at_level[:, targets]  # (L, B)
-        metrics = self.metrics[f"{stage}_metrics"]
-        preds = [s.argmax(1) for s in output.sigmoid[:-1]] + [output.leaf_logits.argmax(1)]
-        for lvl, pred in enumerate(preds, start=1):
-            metrics[f"acc_l{lvl}"](pred, level_targets[lvl - 1])
-        metrics["acc_leaf_sigmoid"](output.sigmoid[-1].argmax(1), level_targets[-1])
-        for name, metric in metrics.items():
-            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc_l1",
-                     batch_size=batch_size)
+                     sync_dist=sync)
+        if stage == "train":
+            level_targets = self.ancestor_at_level[:, targets]  # (L, B)
+            preds = level_predictions(output.sigmoid, output.leaf_logits)  # (B, L)
+            for lvl in range(self.num_levels):
+                self.train_metrics[f"acc_l{lvl + 1}"](preds[:, lvl], level_targets[lvl])
+            self.train_metrics["acc_leaf_sigmoid"](output.sigmoid[-1].argmax(1), level_targets[-1])
+            for name, metric in self.train_metrics.items():
+                self.log(f"train/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc_l1",
+                         batch_size=batch_size)
+        else:
+            with torch.no_grad():
+                marginals = self.tree.marginals(output.scores(self.tree_scores))
+            self.eval_metrics[stage].update(output.sigmoid, output.leaf_logits, marginals, targets, index)
         return terms.total
+
+    def _log_eval(self, stage: str) -> None:
+        metric = self.eval_metrics[stage]
+        values = metric.compute()  # gathers all processes' samples and drops sampler padding: already global
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "acc_l1")
+        metric.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -99,8 +116,14 @@ class HRNModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
 
     def configure_optimizers(self):
         groups = self.net.param_groups() if hasattr(self.net, "param_groups") else [{"params": self.parameters()}]

@@ -35,8 +35,9 @@ def test_seeded_and_split_sizes():
     assert (len(a.train), len(a.val), len(a.test)) == (48, 24, 36)
     torch.testing.assert_close(a.train.load(5), b.train.load(5))
     assert not torch.equal(a.train.load(0), a.test.load(0))  # splits differ
-    image, target = a.train[0]
+    image, target, index = a.train[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and target == a.hierarchy.offsets[-2]
+    assert index == 0
 
 
 def test_coarse_structure_survives_a_quarter_downsample_fine_detail_does_not():
@@ -115,8 +116,8 @@ def test_apply_protocols_relabels_and_degrades_train_only():
     assert data.test.targets == test_targets and not any(data.test.degraded)
     # a degraded image has lost its fine texture; a kept one has not
     data.train.transform = None
-    sharp, _ = data.train[0]
-    blurred, _ = data.train[9]
+    sharp, _, _ = data.train[0]
+    blurred, _, _ = data.train[9]
     assert sharp.shape == (3, 32, 32) and blurred.shape == (3, 8, 8)
     apply_protocols(synthetic(train_per_leaf=2, val_per_leaf=1, test_per_leaf=1), degrade_scale=0.25,
                     degrade_apply_to="all")
@@ -128,7 +129,7 @@ def test_apply_protocols_relabels_and_degrades_train_only():
 
 def test_loader_counts_every_sample():
     data = synthetic(train_per_leaf=3, val_per_leaf=1, test_per_leaf=5, batch_size=7)  # 60 test, 7 ∤ 60
-    assert sum(len(t) for _, t in data.loader("test")) == 60
+    assert sum(len(t) for _, t, _ in data.loader("test")) == 60
     data.val.targets, data.val.paths = [], []
     with pytest.raises(DataError, match="val split has no samples"):
         data.loader("val")

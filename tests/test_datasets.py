@@ -55,8 +55,8 @@ def test_cub_layout(roots):
     order = {p: i for i, p in enumerate(shipped("cub_train_order.txt").read_text().split())}
     ranks = [order[str(Path(p).relative_to(roots["cub"] / "CUB_200_2011" / "images"))] for p in data.train.paths]
     assert ranks == sorted(ranks)
-    image, target = data.train[0]
-    assert image.shape == (3, 16, 16) and h.is_leaf(target)
+    image, target, index = data.train[0]
+    assert image.shape == (3, 16, 16) and h.is_leaf(target) and index == 0
 
 
 def test_val_fraction_holds_out_per_class(roots):
@@ -146,7 +146,7 @@ def test_degrade_on_cub(roots, apply_to, expected):
     assert sum(data.train.degraded) == expected and not any(data.test.degraded)
     data.train.transform = None
     i = data.train.degraded.index(True)
-    image, _ = data.train[i]
+    image, _, _ = data.train[i]
     assert image.size == (4, 4)  # 16 px * 0.25, before the usual transforms bring it back to the crop size
 
 

@@ -61,7 +61,7 @@ def downsample(image: Image.Image | torch.Tensor, scale: float) -> Image.Image |
 
 
 class LabelledImages(Dataset):
-    """Images with one node label each: ``dataset[i] -> (image (3, crop, crop) float, target node index)``.
+    """Images with one node label each: ``dataset[i] -> (image (3, crop, crop) float, target node index, i)``.
 
     Args:
         load: ``load(i)`` returns sample i's image (PIL image or uint8 (3, H, W) tensor).
@@ -89,13 +89,14 @@ class LabelledImages(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        """-> (image, target node index, i); the index lets metrics count every image exactly once."""
         image = self.load(i)
         if self.degraded[i]:
             image = downsample(image, self.degrade_scale)
         if self.transform is not None:
             image = self.transform(image)
-        return image, self.targets[i]
+        return image, self.targets[i], i
 
     def labelled_at_level(self, hierarchy: Hierarchy) -> list[int]:
         """How many samples carry a label at each level, coarse -> fine."""

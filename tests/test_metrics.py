@@ -1,0 +1,99 @@
+"""Layer 2: the evaluation metrics, by hand on a tiny tree and against scikit-learn."""
+
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from hrn import Hierarchy, TreeLoss
+from hrn.metrics import HierarchicalMetrics
+
+
+@pytest.fixture
+def tree() -> Hierarchy:
+    # levels: [a, x] / [b, c, y] / [d, e, f, z]
+    return Hierarchy.from_edges([("a", "b"), ("a", "c"), ("b", "d"), ("b", "e"), ("c", "f"), ("x", "y"), ("y", "z")])
+
+
+def outputs(h: Hierarchy, rows: list[tuple[str, str, str, str]]):
+    """Per sample: names predicted by the level-1 and level-2 sigmoid heads, the leaf sigmoid and leaf softmax."""
+    sig = [torch.full((len(rows), n), 0.1) for n in h.level_sizes]
+    leaf = torch.zeros(len(rows), h.level_sizes[-1])
+    off = h.offsets
+    for i, (l1, l2, l3_sig, l3_soft) in enumerate(rows):
+        for lvl, name in enumerate((l1, l2, l3_sig)):
+            sig[lvl][i, h.index(name) - off[lvl]] = 0.9
+        leaf[i, h.index(l3_soft) - off[2]] = 4.0
+    return sig, leaf
+
+
+def test_hand_computed_values(tree):
+    h = tree
+    targets = torch.tensor([h.index(n) for n in ("d", "e", "f", "z")])
+    sig, leaf = outputs(h, [
+        ("a", "b", "d", "d"),  # all right, consistent
+        ("a", "b", "e", "d"),  # leaf wrong: d vs e are siblings, LCA height 1; consistent
+        ("a", "c", "f", "z"),  # leaf wrong: z vs f share only the virtual root, LCA height 3; z's parent y != c
+        ("x", "y", "d", "z"),  # all right by the paper heads (sigmoid leaf wrong)
+    ])
+    marginals = TreeLoss(h).marginals(torch.cat(sig, 1))
+    m = HierarchicalMetrics(h)
+    m.update(sig, leaf, marginals, targets, torch.arange(4))
+    out = {k: v.item() for k, v in m.compute().items()}
+    assert out["acc_l1"] == 1.0 and out["acc_l2"] == 1.0
+    assert out["acc_l3"] == 0.5  # softmax head
+    assert out["acc_leaf_sigmoid"] == 0.75
+    assert out["full_path_acc"] == 0.5
+    assert out["consistency"] == 0.75
+    assert out["mistake_severity"] == pytest.approx((1 + 3) / 2)
+    assert out["num_samples"] == 4
+    # marginals from sigmoid scores: check against a direct argmax per level
+    for lvl in range(3):
+        lo, hi = h.offsets[lvl], h.offsets[lvl + 1]
+        pred = marginals[:, lo:hi].argmax(1)
+        truth = h.ancestor_at_level[lvl, targets]
+        assert out[f"acc_l{lvl + 1}_marginal"] == pytest.approx((pred == truth).float().mean().item())
+
+
+def test_no_mistakes_means_zero_severity_and_duplicates_count_once(tree):
+    h = tree
+    targets = torch.tensor([h.index("d"), h.index("z")])
+    sig, leaf = outputs(h, [("a", "b", "d", "d"), ("x", "y", "z", "z")])
+    marginals = TreeLoss(h).marginals(torch.cat(sig, 1))
+    m = HierarchicalMetrics(h)
+    m.update(sig, leaf, marginals, targets, torch.tensor([0, 1]))
+    # a DistributedSampler pads by repeating samples: the repeat (index 0 again) must not count
+    m.update([s[:1] for s in sig], leaf[:1], marginals[:1], targets[:1], torch.tensor([0]))
+    out = m.compute()
+    assert out["mistake_severity"].item() == 0.0
+    assert out["num_samples"].item() == 2
+    assert m.records.index.tolist() == [0, 1]
+
+
+def test_coarse_labels_count_only_at_their_level_and_above(tree):
+    h = tree
+    targets = torch.tensor([h.index("b"), h.index("d")])
+    sig, leaf = outputs(h, [("a", "b", "d", "e"), ("a", "b", "d", "d")])
+    m = HierarchicalMetrics(h)
+    m.update(sig, leaf, TreeLoss(h).marginals(torch.cat(sig, 1)), targets)
+    out = m.compute()
+    assert out["acc_l2"].item() == 1.0
+    assert out["acc_l3"].item() == 1.0  # only the leaf-labelled sample counts at the leaf level
+    assert out["full_path_acc"].item() == 1.0
+
+
+def test_ap_micro_matches_scikit_learn(tree):
+    h = tree
+    g = torch.Generator().manual_seed(0)
+    b = 40
+    targets = h.offsets[-2] + torch.randint(0, h.level_sizes[-1], (b,), generator=g)
+    sig = [torch.rand(b, n, generator=g) for n in h.level_sizes]
+    leaf = torch.randn(b, h.level_sizes[-1], generator=g) * 2
+    m = HierarchicalMetrics(h)
+    for chunk in torch.arange(b).split(7):  # several updates of uneven size
+        m.update([s[chunk] for s in sig], leaf[chunk], torch.rand(len(chunk), h.num_nodes), targets[chunk], chunk)
+    ours = m.compute()["ap_micro"].item()
+    scores = torch.cat([*sig[:-1], leaf.softmax(1)], 1).numpy()
+    multi_hot = h.ancestors[targets].int().numpy()  # leaf + ancestors
+    expected = average_precision_score(multi_hot, scores, average="micro")
+    assert ours == pytest.approx(expected, abs=1e-6)
+    assert m.records.scores.shape == (b, h.num_nodes)
