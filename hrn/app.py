@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import math
 import os
 import sys
 import tempfile
@@ -19,9 +21,38 @@ from omegaconf import DictConfig, OmegaConf
 from hrn.data.base import DataSplits, apply_protocols
 from hrn.errors import HRNError
 
-__all__ = ["build_data", "build_module", "load_checkpoint", "write_json", "report_errors", "CONF_DIR"]
+__all__ = ["apply_ratio_settings", "build_data", "build_module", "load_checkpoint", "write_json", "report_errors", "CONF_DIR"]
+
+log = logging.getLogger(__name__)
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _overlay(base: dict, over: dict) -> None:
+    """Merge ``over`` into ``base`` in place; a node with a ``_target_`` replaces the old node whole (another
+    class takes other arguments: StepLR has no T_max)."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and "_target_" not in value:
+            _overlay(base[key], value)
+        else:
+            base[key] = value
+
+
+def apply_ratio_settings(cfg: DictConfig) -> DictConfig:
+    """Settings that an experiment applies only at one relabel ratio, under ``at_relabel_ratio.<ratio>``.
+
+    The authors train differently at relabel ratio 0.9 (lr 1e-4 for all layers, StepLR(60, 0.1), 100 epochs):
+    ``conf/experiment/paper_*.yaml`` say so there, and a sweep over ratios picks it up by itself.
+    """
+    cases = cfg.get("at_relabel_ratio") or {}
+    match = [k for k in cases if math.isclose(float(k), float(cfg.relabel_ratio))]
+    if not match:
+        return cfg
+    container = OmegaConf.to_container(cfg, resolve=False)
+    _overlay(container, container["at_relabel_ratio"][match[0]])
+    log.info("relabel_ratio=%s: applying the experiment's settings for this ratio: %s", cfg.relabel_ratio,
+             OmegaConf.to_yaml(cases[match[0]]).strip().replace("\n", "; "))
+    return OmegaConf.create(container)
 
 
 def build_data(cfg: DictConfig) -> DataSplits:
@@ -97,7 +128,10 @@ def load_checkpoint(path: str | Path):
     meta = ckpt[CHECKPOINT_KEY]
     h = Hierarchy.from_dict(meta["tree"])
     net_cfg = dict(meta["net"])
-    for key, off in (("pretrained", False), ("weights", None)):  # the checkpoint's weights replace any download
+    for key, off in (
+        ("pretrained", False),
+        ("weights", None),
+    ):  # the checkpoint's weights replace any download
         if key in net_cfg:
             net_cfg[key] = off
     net = instantiate(net_cfg, hierarchy=h)
@@ -107,7 +141,9 @@ def load_checkpoint(path: str | Path):
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"ckpt_path={path}: weights do not fit the network it describes ({first})") from None
+        raise CheckpointError(
+            f"ckpt_path={path}: weights do not fit the network it describes ({first})"
+        ) from None
     return module.eval(), meta
 
 

@@ -47,8 +47,10 @@ def dataset_config(cfg: DictConfig, meta: dict) -> dict:
         if value is None:
             continue
         if key not in stored:
-            raise DataError(f"dataset.{key}: not a setting of the checkpoint's dataset "
-                            f"({', '.join(k for k in stored if k != '_target_')})")
+            raise DataError(
+                f"dataset.{key}: not a setting of the checkpoint's dataset "
+                f"({', '.join(k for k in stored if k != '_target_')})"
+            )
         stored[key] = value
     return stored
 
@@ -121,8 +123,11 @@ def write_confusions(run_dir: Path, records: SampleRecords, h: Hierarchy) -> lis
     for lvl, n in enumerate(h.level_sizes, start=1):
         known = truth[:, lvl - 1] >= 0
         matrix = torch.zeros(n, n, dtype=torch.long)
-        matrix.index_put_((truth[known, lvl - 1], preds[known, lvl - 1]), torch.ones(int(known.sum()),
-                          dtype=torch.long), accumulate=True)
+        matrix.index_put_(
+            (truth[known, lvl - 1], preds[known, lvl - 1]),
+            torch.ones(int(known.sum()), dtype=torch.long),
+            accumulate=True,
+        )
         size = min(4 + n * 0.12, 24)
         fig, ax = plt.subplots(figsize=(size, size))
         ax.imshow(matrix.numpy(), cmap="Blues")

@@ -64,7 +64,9 @@ class Hierarchy:
 
         two_parents = sorted(n for n in graph if graph.in_degree(n) > 1)
         if two_parents:
-            detail = "; ".join(f"{n!r} under {_short(sorted(graph.predecessors(n)), 3)}" for n in two_parents[:3])
+            detail = "; ".join(
+                f"{n!r} under {_short(sorted(graph.predecessors(n)), 3)}" for n in two_parents[:3]
+            )
             raise HierarchyError(
                 f"node(s) with two parents: {detail} — a label tree gives each node one parent; "
                 "rename one copy if they are different classes"
@@ -147,7 +149,9 @@ class Hierarchy:
             reader = csv.reader(f)
             header = [h.strip() for h in next(reader, [])]
             if header[:2] != ["parent", "child"]:
-                raise HierarchyError(f"{path}: first line must be the header 'parent,child', found {header!r}")
+                raise HierarchyError(
+                    f"{path}: first line must be the header 'parent,child', found {header!r}"
+                )
             edges = []
             for lineno, row in enumerate(reader, start=2):
                 if not row or all(not c.strip() for c in row):
@@ -276,7 +280,9 @@ class Hierarchy:
     @cached_property
     def node_level(self) -> torch.Tensor:
         """(N,) long: 1-based level of each node."""
-        return torch.cat([torch.full((n,), lvl, dtype=torch.long) for lvl, n in enumerate(self.level_sizes, 1)])
+        return torch.cat(
+            [torch.full((n,), lvl, dtype=torch.long) for lvl, n in enumerate(self.level_sizes, 1)]
+        )
 
     @cached_property
     def level_parents(self) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ import json
 import hydra
 from omegaconf import DictConfig
 
-from hrn.app import CONF_DIR, build_data, report_errors
+from hrn.app import CONF_DIR, apply_ratio_settings, build_data, report_errors
 from hrn.data.base import DataSplits
 
 
@@ -34,7 +34,7 @@ def describe(data: DataSplits) -> dict:
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    print(json.dumps(describe(build_data(cfg))))
+    print(json.dumps(describe(build_data(apply_ratio_settings(cfg)))))
 
 
 if __name__ == "__main__":

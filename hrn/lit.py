@@ -62,19 +62,32 @@ class HRNModule(L.LightningModule):
         self.register_buffer("ancestor_at_level", hierarchy.ancestor_at_level, persistent=False)
         # Training: running per-level accuracy. Validation and test: the full hierarchical metrics (hrn.metrics).
         self.train_metrics = nn.ModuleDict(
-            {f"acc_l{lvl}": MulticlassAccuracy(n, average="micro", ignore_index=-1)
-             for lvl, n in enumerate(hierarchy.level_sizes, start=1)}
+            {
+                f"acc_l{lvl}": MulticlassAccuracy(n, average="micro", ignore_index=-1)
+                for lvl, n in enumerate(hierarchy.level_sizes, start=1)
+            }
         )
         self.train_metrics["acc_leaf_sigmoid"] = MulticlassAccuracy(
             hierarchy.level_sizes[-1], average="micro", ignore_index=-1
         )
-        self.eval_metrics = nn.ModuleDict({stage: HierarchicalMetrics(hierarchy) for stage in ("val", "test")})
+        self.eval_metrics = nn.ModuleDict(
+            {stage: HierarchicalMetrics(hierarchy) for stage in ("val", "test")}
+        )
         # Tree marginals for the marginal-based predictions, on the scores the loss uses.
         self.tree = TreeLoss(hierarchy)
         self.tree_scores = getattr(loss, "tree_scores", "sigmoid")
+        # Losses that train only the leaf head (flat baselines) answer coarse levels with the leaf's ancestors.
+        self.coarse_from_leaf = getattr(loss, "coarse_from_leaf", False)
+        self.leaf_offset = hierarchy.offsets[-2]
 
     def forward(self, images: torch.Tensor):
         return self.net(images)
+
+    def level_predictions(self, output) -> torch.Tensor:
+        """(B, L) local class predicted at each level: the paper's heads, or the leaf prediction's ancestors."""
+        if self.coarse_from_leaf:
+            return self.ancestor_at_level[:, output.leaf_logits.argmax(1) + self.leaf_offset].T
+        return level_predictions(output.sigmoid, output.leaf_logits)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         images, targets = batch[0], batch[1]
@@ -83,24 +96,45 @@ class HRNModule(L.LightningModule):
         terms = self.loss(output, targets)
         batch_size = targets.shape[0]
         sync = stage != "train"
-        self.log(f"{stage}/loss", terms.total, on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 batch_size=batch_size, sync_dist=sync)
+        self.log(
+            f"{stage}/loss",
+            terms.total,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=sync,
+        )
         for name, value in terms.terms.items():
-            self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size,
-                     sync_dist=sync)
+            self.log(
+                f"{stage}/loss_{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=batch_size,
+                sync_dist=sync,
+            )
         if stage == "train":
             level_targets = self.ancestor_at_level[:, targets]  # (L, B)
-            preds = level_predictions(output.sigmoid, output.leaf_logits)  # (B, L)
+            preds = self.level_predictions(output)  # (B, L)
             for lvl in range(self.num_levels):
                 self.train_metrics[f"acc_l{lvl + 1}"](preds[:, lvl], level_targets[lvl])
             self.train_metrics["acc_leaf_sigmoid"](output.sigmoid[-1].argmax(1), level_targets[-1])
             for name, metric in self.train_metrics.items():
-                self.log(f"train/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc_l1",
-                         batch_size=batch_size)
+                self.log(
+                    f"train/{name}",
+                    metric,
+                    on_step=False,
+                    on_epoch=True,
+                    prog_bar=name == "acc_l1",
+                    batch_size=batch_size,
+                )
         else:
             with torch.no_grad():
                 marginals = self.tree.marginals(output.scores(self.tree_scores))
-            self.eval_metrics[stage].update(output.sigmoid, output.leaf_logits, marginals, targets, index)
+            self.eval_metrics[stage].update(
+                output.sigmoid, output.leaf_logits, marginals, targets, index, self.level_predictions(output)
+            )
         return terms.total
 
     def _log_eval(self, stage: str) -> None:
@@ -126,7 +160,9 @@ class HRNModule(L.LightningModule):
         self._log_eval("test")
 
     def configure_optimizers(self):
-        groups = self.net.param_groups() if hasattr(self.net, "param_groups") else [{"params": self.parameters()}]
+        groups = (
+            self.net.param_groups() if hasattr(self.net, "param_groups") else [{"params": self.parameters()}]
+        )
         optimizer = self.optimizer_factory(groups)
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * group.get("lr_scale", 1.0)

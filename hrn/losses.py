@@ -13,7 +13,7 @@ from torch import nn
 
 from hrn.hierarchy import Hierarchy
 
-__all__ = ["TreeLoss", "CompositeLoss", "LossTerms"]
+__all__ = ["TreeLoss", "CompositeLoss", "LeafCELoss", "PerLevelCELoss", "CoarseConstraintLoss", "LossTerms"]
 
 
 class LossTerms(NamedTuple):
@@ -23,7 +23,9 @@ class LossTerms(NamedTuple):
     terms: dict[str, torch.Tensor]
 
 
-def _group_logsumexp(x: torch.Tensor, group: torch.Tensor, num_groups: int, init: torch.Tensor) -> torch.Tensor:
+def _group_logsumexp(
+    x: torch.Tensor, group: torch.Tensor, num_groups: int, init: torch.Tensor
+) -> torch.Tensor:
     """``logsumexp`` of ``init[:, g]`` together with every ``x[:, j]`` whose ``group[j] == g``.
 
     Args:
@@ -81,7 +83,10 @@ class TreeLoss(nn.Module):
         subtree = [paths[-1]]  # A_v, filled from the leaves up
         for lvl in range(len(per_level) - 1, 0, -1):
             subtree.insert(
-                0, _group_logsumexp(subtree[0], self._parents(lvl + 1), self.level_sizes[lvl - 1], paths[lvl - 1])
+                0,
+                _group_logsumexp(
+                    subtree[0], self._parents(lvl + 1), self.level_sizes[lvl - 1], paths[lvl - 1]
+                ),
             )
         top = subtree[0]
         log_z = torch.logsumexp(torch.cat([top.new_zeros(top.shape[0], 1), top], dim=1), dim=1, keepdim=True)
@@ -128,10 +133,82 @@ class CompositeLoss(nn.Module):
         """``output``: an :class:`hrn.model.HRNOutput`; ``targets``: (B,) node indices at any level."""
         scores = output.scores(self.tree_scores)  # (B, N)
         tree = self.tree(scores, targets)
-        is_leaf = targets >= self.leaf_offset  # (B,)
-        if is_leaf.any():
-            ce = F.cross_entropy(output.leaf_logits[is_leaf].float(), targets[is_leaf] - self.leaf_offset)
-        else:
-            ce = output.leaf_logits.sum() * 0.0  # keeps the graph (and DDP's gradient buckets) connected
-        ce = self.leaf_weight * ce
+        ce = self.leaf_weight * _leaf_ce(output.leaf_logits, targets, self.leaf_offset)
         return LossTerms(tree + ce, {"tree": tree, "leaf_ce": ce})
+
+
+def _leaf_ce(leaf_logits: torch.Tensor, targets: torch.Tensor, leaf_offset: int) -> torch.Tensor:
+    """Cross-entropy of the leaf head over the leaf-labelled samples. With none, a zero that stays connected to the
+    graph, so every parameter still gets a (zero) gradient and DDP's gradient buckets stay complete."""
+    is_leaf = targets >= leaf_offset
+    if is_leaf.any():
+        return F.cross_entropy(leaf_logits[is_leaf].float(), targets[is_leaf] - leaf_offset)
+    return leaf_logits.sum() * 0.0
+
+
+class LeafCELoss(nn.Module):
+    """Comparison loss: cross-entropy of the leaf softmax head only; coarse-labelled samples are dropped.
+
+    Nothing trains the per-level sigmoid heads, so coarse-level predictions come from the leaf prediction's
+    ancestors (``coarse_from_leaf``), which is how a flat leaf classifier answers coarse questions.
+    """
+
+    coarse_from_leaf = True
+
+    def __init__(self, hierarchy: Hierarchy) -> None:
+        super().__init__()
+        self.leaf_offset = hierarchy.offsets[-2]
+
+    def forward(self, output, targets: torch.Tensor) -> LossTerms:
+        ce = _leaf_ce(output.leaf_logits, targets, self.leaf_offset)
+        return LossTerms(ce, {"leaf_ce": ce})
+
+
+class PerLevelCELoss(nn.Module):
+    """Comparison loss, the "traditional hierarchical loss": a cross-entropy at every level at or above the
+    sample's label level, ``sum_l mean_{samples known at l} CE(logits_l, y_l)``; the per-level logits at levels < L
+    and the leaf softmax head at level L."""
+
+    def __init__(self, hierarchy: Hierarchy) -> None:
+        super().__init__()
+        self.register_buffer("ancestor_at_level", hierarchy.ancestor_at_level, persistent=False)  # (L, N)
+
+    def forward(self, output, targets: torch.Tensor) -> LossTerms:
+        truth = self.ancestor_at_level[:, targets]  # (L, B), -1 above the label's level
+        logits = [*output.logits[:-1], output.leaf_logits]
+        terms = {}
+        for lvl, z in enumerate(logits, start=1):
+            known = truth[lvl - 1] >= 0
+            terms[f"ce_l{lvl}"] = (
+                F.cross_entropy(z[known].float(), truth[lvl - 1, known]) if known.any() else z.sum() * 0.0
+            )
+        return LossTerms(sum(terms.values()), terms)
+
+
+class CoarseConstraintLoss(nn.Module):
+    """Comparison loss from "Fine-grained classification based on coarse label constraints":
+    ``a · CE(leaf logits, leaf) + b · BCEWithLogits(leaf logits, m)``, where m (B, n_L) is the multi-hot vector of
+    the leaves under the sample's parent-level label (for a coarse-labelled sample, under its own label). The CE
+    counts leaf-labelled samples only; the BCE counts every sample, so coarse labels constrain the leaf logits.
+
+    Coarse-level predictions come from the leaf prediction's ancestors (``coarse_from_leaf``).
+    """
+
+    coarse_from_leaf = True
+
+    def __init__(self, hierarchy: Hierarchy, a: float = 1.0, b: float = 1.0) -> None:
+        super().__init__()
+        self.a, self.b = a, b
+        self.leaf_offset = hierarchy.offsets[-2]
+        # constraint[v] = leaves under v's parent-level node (v's parent for a leaf, v itself for coarser nodes)
+        lo = hierarchy.offsets[-2]
+        under = hierarchy.ancestors[lo:].T.clone()  # (N, n_L): leaf j lies under node v
+        under[lo:] = under[hierarchy.parent[lo:]]
+        self.register_buffer("constraint", under.float(), persistent=False)
+
+    def forward(self, output, targets: torch.Tensor) -> LossTerms:
+        ce = self.a * _leaf_ce(output.leaf_logits, targets, self.leaf_offset)
+        bce = self.b * F.binary_cross_entropy_with_logits(
+            output.leaf_logits.float(), self.constraint[targets]
+        )
+        return LossTerms(ce + bce, {"leaf_ce": ce, "constraint_bce": bce})

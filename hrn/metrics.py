@@ -80,24 +80,30 @@ class HierarchicalMetrics(Metric):
         marginals: torch.Tensor,
         target: torch.Tensor,
         index: torch.Tensor | None = None,
+        preds: torch.Tensor | None = None,
     ) -> None:
         """sigmoid: per level (B, n_l); leaf_logits: (B, n_L); marginals: (B, N) tree marginals; target: (B,) node
-        indices; index: (B,) dataset indices (for de-duplication), or None."""
+        indices; index: (B,) dataset indices (for de-duplication), or None; preds: (B, L) per-level predictions
+        when they do not come from the paper's heads (default: ``level_predictions``)."""
         b = target.shape[0]
         self.index.append(index.long() if index is not None else torch.full((b,), -1, device=target.device))
         self.target.append(target.long())
-        self.preds.append(level_predictions(sigmoid, leaf_logits))
+        self.preds.append(preds if preds is not None else level_predictions(sigmoid, leaf_logits))
         self.leaf_sigmoid.append(sigmoid[-1].argmax(1))
         per_level = torch.split(marginals, self.level_sizes, dim=1)
         self.marginal_preds.append(torch.stack([m.argmax(1) for m in per_level], dim=1))
-        self.scores.append(ap_scores(sigmoid, leaf_logits).float() if self.with_ap else marginals.new_zeros(b, 0))
+        self.scores.append(
+            ap_scores(sigmoid, leaf_logits).float() if self.with_ap else marginals.new_zeros(b, 0)
+        )
 
     def _gathered(self) -> dict[str, torch.Tensor]:
         def cat(x):
             return torch.cat(x) if isinstance(x, list) else x
 
-        out = {k: cat(getattr(self, k)) for k in ("index", "target", "preds", "leaf_sigmoid", "marginal_preds",
-                                                   "scores")}
+        out = {
+            k: cat(getattr(self, k))
+            for k in ("index", "target", "preds", "leaf_sigmoid", "marginal_preds", "scores")
+        }
         if (out["index"] >= 0).all() and out["index"].numel():  # drop repeats (DistributedSampler padding)
             order = torch.argsort(out["index"], stable=True)
             idx = out["index"][order]

@@ -103,7 +103,9 @@ def build_trunk(name: str, pretrained: bool = False, weights: str | Path | None 
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise ModelError(f"model.weights={path}: file not found (expected a torchvision {name} state dict)")
+            raise ModelError(
+                f"model.weights={path}: file not found (expected a torchvision {name} state dict)"
+            )
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "state_dict" in state:
@@ -199,7 +201,9 @@ class HRN(nn.Module):
     def forward_head(self, z: list[torch.Tensor]) -> HRNOutput:
         """Level features -> sigmoid outputs per level and the leaf softmax logits."""
         logits = [head(z_l) for head, z_l in zip(self.heads, z, strict=True)]  # (B, n_l) each
-        return HRNOutput(sigmoid=[t.sigmoid() for t in logits], logits=logits, leaf_logits=self.leaf_head(z[-1]))
+        return HRNOutput(
+            sigmoid=[t.sigmoid() for t in logits], logits=logits, leaf_logits=self.leaf_head(z[-1])
+        )
 
     def forward(self, images: torch.Tensor) -> HRNOutput:
         return self.forward_head(self.forward_features(images))
@@ -219,5 +223,9 @@ class HRN(nn.Module):
         trunk = set(map(id, self.trunk.parameters()))
         return [
             {"params": list(self.trunk.parameters()), "lr_scale": self.trunk_lr_scale, "name": "trunk"},
-            {"params": [p for p in self.parameters() if id(p) not in trunk], "lr_scale": 1.0, "name": "heads"},
+            {
+                "params": [p for p in self.parameters() if id(p) not in trunk],
+                "lr_scale": 1.0,
+                "name": "heads",
+            },
         ]

@@ -41,7 +41,9 @@ def expand_images(spec: str | Iterable[str]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise DataError(f"images={item}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise DataError(
+                    f"images={item}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
             out += found
         elif any(c in item for c in "*?["):
             found = sorted(Path(p) for p in glob.glob(item, recursive=True))
@@ -76,26 +78,35 @@ def describe(path: Path, marginals: torch.Tensor, leaf_probs: torch.Tensor, h: H
     for lvl in range(h.num_levels):
         probs = marginals[off[lvl] : off[lvl + 1]]
         values, idx = probs.topk(min(k, probs.numel()))
-        top[str(lvl + 1)] = [{"label": names[off[lvl] + int(i)], "prob": round(float(v), 6)}
-                             for v, i in zip(values, idx, strict=True)]
+        top[str(lvl + 1)] = [
+            {"label": names[off[lvl] + int(i)], "prob": round(float(v), 6)}
+            for v, i in zip(values, idx, strict=True)
+        ]
     values, idx = leaf_probs.topk(min(k, leaf_probs.numel()))
     return {
         "path": str(path),
-        "path_prediction": [{"level": lvl + 1, "label": names[v], "prob": round(float(marginals[v]), 6)}
-                            for lvl, v in enumerate(route)],
+        "path_prediction": [
+            {"level": lvl + 1, "label": names[v], "prob": round(float(marginals[v]), 6)}
+            for lvl, v in enumerate(route)
+        ],
         "top_k": top,
-        "leaf_softmax_top_k": [{"label": names[off[-2] + int(i)], "prob": round(float(v), 6)}
-                               for v, i in zip(values, idx, strict=True)],
+        "leaf_softmax_top_k": [
+            {"label": names[off[-2] + int(i)], "prob": round(float(v), 6)}
+            for v, i in zip(values, idx, strict=True)
+        ],
     }
 
 
-def predict(ckpt_path: str, images, top_k: int = 5, batch_size: int = 16, device: str = "auto") -> Iterator[dict]:
+def predict(
+    ckpt_path: str, images, top_k: int = 5, batch_size: int = 16, device: str = "auto"
+) -> Iterator[dict]:
     """Yield one prediction dict per image (see the module docstring)."""
     if top_k < 1:
         raise DataError(f"top_k={top_k}: must be at least 1")
     module, meta = load_checkpoint(ckpt_path)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     module.to(dev)
     data = meta.get("data", {})
     transform = build_transforms(False, data.get("resize", 550), data.get("crop", 448))

@@ -11,7 +11,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from hrn.app import CONF_DIR, build_data, build_module, report_errors, write_json
+from hrn.app import CONF_DIR, apply_ratio_settings, build_data, build_module, report_errors, write_json
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ def level_table(metrics: dict[str, float], level_sizes: list[int], stage: str = 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test one run described by ``cfg``; returns the flat test metrics (also in ``metrics.json``)."""
+    cfg = apply_ratio_settings(cfg)
     L.seed_everything(cfg.seed, workers=True)
     data = build_data(cfg)
     module = build_module(cfg, data)

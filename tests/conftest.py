@@ -32,7 +32,9 @@ def dense_log_marginals(h: Hierarchy, scores: torch.Tensor) -> torch.Tensor:
 
     State 0 is the empty state; state v + 1 = {v} ∪ ancestors(v). P(v) sums P over states that contain v.
     """
-    states = torch.cat([torch.zeros(1, h.num_nodes, dtype=scores.dtype), h.ancestors.to(scores.dtype)])  # (N+1, N)
+    states = torch.cat(
+        [torch.zeros(1, h.num_nodes, dtype=scores.dtype), h.ancestors.to(scores.dtype)]
+    )  # (N+1, N)
     log_p_state = (scores @ states.T).log_softmax(dim=1)  # (B, N+1)
     contains = states.bool()  # (N+1, N): state s contains node v
     out = []

@@ -85,7 +85,9 @@ def write_aircraft(root: Path, train_per_class: int = 2, test_per_class: int = 1
         members.sort()  # the loader has to restore the authors' order
         write_lines(data / f"images_variant_{split}.txt", [f"{i} {variant_of[i]}" for i in members])
         write_lines(data / f"images_family_{split}.txt", [f"{i} {names[variant_of[i]][0]}" for i in members])
-        write_lines(data / f"images_manufacturer_{split}.txt", [f"{i} {names[variant_of[i]][1]}" for i in members])
+        write_lines(
+            data / f"images_manufacturer_{split}.txt", [f"{i} {names[variant_of[i]][1]}" for i in members]
+        )
     return root
 
 
@@ -122,8 +124,10 @@ def write_cars_torchvision(root: Path, train_per_class: int = 2, test_per_class:
     (base / "devkit").mkdir(parents=True)
     savemat(base / "devkit" / "cars_meta.mat", {"class_names": class_names})
     n = 0
-    for split, k, mat in (("train", train_per_class, base / "devkit" / "cars_train_annos.mat"),
-                          ("test", test_per_class, base / "cars_test_annos_withlabels.mat")):
+    for split, k, mat in (
+        ("train", train_per_class, base / "devkit" / "cars_train_annos.mat"),
+        ("test", test_per_class, base / "cars_test_annos_withlabels.mat"),
+    ):
         records = []
         for model in range(1, 197):
             for _ in range(k):
@@ -138,8 +142,16 @@ def write_cars_torchvision(root: Path, train_per_class: int = 2, test_per_class:
 
 def write_folder(root: Path, with_split: bool = True, per_leaf: int = 4) -> Path:
     """A user's own 3-level taxonomy with some coarse-labelled rows."""
-    edges = [("Animal", "Bird"), ("Animal", "Fish"), ("Bird", "Sparrow"), ("Bird", "Crow"), ("Fish", "Cod"),
-             ("Plant", "Tree"), ("Tree", "Oak"), ("Tree", "Pine")]
+    edges = [
+        ("Animal", "Bird"),
+        ("Animal", "Fish"),
+        ("Bird", "Sparrow"),
+        ("Bird", "Crow"),
+        ("Fish", "Cod"),
+        ("Plant", "Tree"),
+        ("Tree", "Oak"),
+        ("Tree", "Pine"),
+    ]
     write_lines(root / "tree.csv", ["parent,child"] + [f"{p},{c}" for p, c in edges])
     leaves = ["Sparrow", "Crow", "Cod", "Oak", "Pine"]
     rows = []

@@ -15,7 +15,9 @@ def texture_score(images: torch.Tensor) -> torch.Tensor:
     return (x[:, 1:] - x[:, :-1]).abs().mean((1, 2)) - (x[:, :, 1:] - x[:, :, :-1]).abs().mean((1, 2))
 
 
-def nearest_mean_accuracy(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor):
+def nearest_mean_accuracy(
+    train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor
+):
     classes = train_y.unique()
     means = torch.stack([train[train_y == c].mean(0) for c in classes])
     pred = classes[torch.cdist(test, means).argmin(1)]
@@ -30,8 +32,10 @@ def test_hierarchy_is_three_levels():
 
 
 def test_seeded_and_split_sizes():
-    a, b = synthetic(train_per_leaf=4, val_per_leaf=2, test_per_leaf=3), synthetic(train_per_leaf=4, val_per_leaf=2,
-                                                                                   test_per_leaf=3)
+    a, b = (
+        synthetic(train_per_leaf=4, val_per_leaf=2, test_per_leaf=3),
+        synthetic(train_per_leaf=4, val_per_leaf=2, test_per_leaf=3),
+    )
     assert (len(a.train), len(a.val), len(a.test)) == (48, 24, 36)
     torch.testing.assert_close(a.train.load(5), b.train.load(5))
     assert not torch.equal(a.train.load(0), a.test.load(0))  # splits differ
@@ -119,8 +123,11 @@ def test_apply_protocols_relabels_and_degrades_train_only():
     sharp, _, _ = data.train[0]
     blurred, _, _ = data.train[9]
     assert sharp.shape == (3, 32, 32) and blurred.shape == (3, 8, 8)
-    apply_protocols(synthetic(train_per_leaf=2, val_per_leaf=1, test_per_leaf=1), degrade_scale=0.25,
-                    degrade_apply_to="all")
+    apply_protocols(
+        synthetic(train_per_leaf=2, val_per_leaf=1, test_per_leaf=1),
+        degrade_scale=0.25,
+        degrade_apply_to="all",
+    )
     with pytest.raises(DataError, match="degrade.apply_to='some'"):
         apply_protocols(data, degrade_scale=0.25, degrade_apply_to="some")
     with pytest.raises(DataError, match=r"degrade.scale=0 must be in \(0, 1\]"):

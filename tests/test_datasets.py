@@ -53,7 +53,9 @@ def test_cub_layout(roots):
     assert h.names[h.parent_of(h.parent_of(albatross))] == "order_12"
     # training images follow the authors' list order (images.txt in the fixture is sorted differently)
     order = {p: i for i, p in enumerate(shipped("cub_train_order.txt").read_text().split())}
-    ranks = [order[str(Path(p).relative_to(roots["cub"] / "CUB_200_2011" / "images"))] for p in data.train.paths]
+    ranks = [
+        order[str(Path(p).relative_to(roots["cub"] / "CUB_200_2011" / "images"))] for p in data.train.paths
+    ]
     assert ranks == sorted(ranks)
     image, target, index = data.train[0]
     assert image.shape == (3, 16, 16) and h.is_leaf(target) and index == 0
@@ -88,7 +90,9 @@ def test_aircraft_disagreeing_with_the_shipped_tree_is_one_line(copy_of):
     image_id = lines[0].split()[0]
     lines[0] = f"{image_id} Family 2"  # moves an A300B4 image to another family than its other images
     fam.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match="listed under two families/makers|disagrees with the shipped HRN tree"):
+    with pytest.raises(
+        DataError, match="listed under two families/makers|disagrees with the shipped HRN tree"
+    ):
         aircraft(str(root), **SMALL)
 
 
@@ -109,7 +113,11 @@ def test_cars_both_layouts(roots, layout):
 def test_folder_with_split_column_and_coarse_labels(roots):
     data = folder(str(roots["folder"]), **SMALL)
     h = data.hierarchy
-    assert h.levels == [["Animal", "Plant"], ["Bird", "Fish", "Tree"], ["Sparrow", "Crow", "Cod", "Oak", "Pine"]]
+    assert h.levels == [
+        ["Animal", "Plant"],
+        ["Bird", "Fish", "Tree"],
+        ["Sparrow", "Crow", "Cod", "Oak", "Pine"],
+    ]
     assert (len(data.train), len(data.val), len(data.test)) == (12, 5, 5)
     assert data.train.labelled_at_level(h) == [1, 1, 10]
 
@@ -118,8 +126,10 @@ def test_folder_without_split_column_is_a_seeded_split(roots):
     data = folder(str(roots["folder_nosplit"]), val_fraction=0.2, test_fraction=0.25, **SMALL)
     n = len(data.train) + len(data.val) + len(data.test)
     assert n == 22 and len(data.test) >= 5 and len(data.val) >= 5
-    assert folder(str(roots["folder_nosplit"]), val_fraction=0.2, test_fraction=0.25, **SMALL).test.paths == \
-        data.test.paths
+    assert (
+        folder(str(roots["folder_nosplit"]), val_fraction=0.2, test_fraction=0.25, **SMALL).test.paths
+        == data.test.paths
+    )
 
 
 @pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
@@ -159,23 +169,29 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
     return message
 
 
-@pytest.mark.parametrize(("loader", "expect"), [
-    (cub, "CUB_200_2011 not found; expected ROOT/CUB_200_2011/ with images/"),
-    (aircraft, "fgvc-aircraft-2013b/data not found; expected ROOT/fgvc-aircraft-2013b/data/"),
-    (cars, "no Stanford Cars images found; expected either torchvision's StanfordCars layout"),
-    (folder, "folder not found; expected tree.csv"),
-])
+@pytest.mark.parametrize(
+    ("loader", "expect"),
+    [
+        (cub, "CUB_200_2011 not found; expected ROOT/CUB_200_2011/ with images/"),
+        (aircraft, "fgvc-aircraft-2013b/data not found; expected ROOT/fgvc-aircraft-2013b/data/"),
+        (cars, "no Stanford Cars images found; expected either torchvision's StanfordCars layout"),
+        (folder, "folder not found; expected tree.csv"),
+    ],
+)
 def test_missing_root(tmp_path, loader, expect):
     with pytest.raises(DataError) as e:
         loader(str(tmp_path / "nowhere"))
     assert expect in one_line(e) and "nowhere" in str(e.value)
 
 
-@pytest.mark.parametrize(("name", "index_file"), [
-    ("cub", "CUB_200_2011/train_test_split.txt"),
-    ("aircraft", "fgvc-aircraft-2013b/data/images_manufacturer_test.txt"),
-    ("folder", "labels.csv"),
-])
+@pytest.mark.parametrize(
+    ("name", "index_file"),
+    [
+        ("cub", "CUB_200_2011/train_test_split.txt"),
+        ("aircraft", "fgvc-aircraft-2013b/data/images_manufacturer_test.txt"),
+        ("folder", "labels.csv"),
+    ],
+)
 def test_missing_index_file(copy_of, name, index_file):
     root = copy_of(name)
     (root / index_file).unlink()
@@ -206,8 +222,9 @@ def test_undecodable_image_error_or_skip(copy_of, caplog):
     root = copy_of("folder")
     victim = root / "img/Oak_0.jpg"
     victim.write_bytes(b"this is not a jpeg")
-    with pytest.raises(DataError, match="cannot decode the image; replace the file or set dataset.on_bad_image=skip"
-                       ) as e:
+    with pytest.raises(
+        DataError, match="cannot decode the image; replace the file or set dataset.on_bad_image=skip"
+    ) as e:
         folder(str(root), **SMALL)
     assert str(victim) in one_line(e)
     data = folder(str(root), on_bad_image="skip", **SMALL)

@@ -23,8 +23,14 @@ SMALL_MODEL = ["model.trunk=resnet18", "model.pretrained=false", "model.width=32
 
 
 def overrides(name: str, root: Path) -> list[str]:
-    return [f"dataset={name}", f"dataset.root={root}", "dataset.resize=20", "dataset.crop=16",
-            "dataset.num_workers=0", "dataset.batch_size=8"]
+    return [
+        f"dataset={name}",
+        f"dataset.root={root}",
+        "dataset.resize=20",
+        "dataset.crop=16",
+        "dataset.num_workers=0",
+        "dataset.batch_size=8",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +41,20 @@ def roots(tmp_path_factory) -> dict[str, Path]:
 
 def make_cfg(run_dir: Path, *args: str):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=[f"run_dir={run_dir}", "callbacks.progress_bar.refresh_rate=0", *args])
+        return compose(
+            "train", overrides=[f"run_dir={run_dir}", "callbacks.progress_bar.refresh_rate=0", *args]
+        )
 
 
 @pytest.mark.parametrize("name", list(WRITERS))
 def test_fast_dev_run_per_dataset(roots, tmp_path, name):
-    cfg = make_cfg(tmp_path, *overrides(name, roots[name]), *SMALL_MODEL, "trainer.fast_dev_run=true",
-                   "relabel_ratio=0.5")
+    cfg = make_cfg(
+        tmp_path,
+        *overrides(name, roots[name]),
+        *SMALL_MODEL,
+        "trainer.fast_dev_run=true",
+        "relabel_ratio=0.5",
+    )
     metrics = train(cfg)
     levels = 2 if name == "cars" else 3
     assert {f"test/acc_l{lvl}" for lvl in range(1, levels + 1)} | {"test/acc_leaf_sigmoid"} <= set(metrics)
@@ -72,14 +85,21 @@ def test_offline_imagenet_weights_say_how_to_fix(roots, tmp_path, monkeypatch, c
 
 
 def inspect(*args: str, cwd: Path) -> dict:
-    result = subprocess.run([sys.executable, "-m", "hrn.inspect", *args, f"hydra.run.dir={cwd}"], cwd=cwd,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "hrn.inspect", *args, f"hydra.run.dir={cwd}"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_inspect_cub_at_half_relabel(roots, tmp_path):
-    out = inspect(*overrides("cub", roots["cub"]), "relabel_ratio=0.5", "dataset.val_fraction=0", cwd=tmp_path)
+    out = inspect(
+        *overrides("cub", roots["cub"]), "relabel_ratio=0.5", "dataset.val_fraction=0", cwd=tmp_path
+    )
     print(json.dumps(out))
     assert out["dataset"] == "cub" and out["tree"]["levels"] == [13, 38, 200]
     # 3 training images per species: keep ceil(1.5) = 2, relabel 1 to its family
@@ -90,7 +110,9 @@ def test_inspect_cub_at_half_relabel(roots, tmp_path):
 
 
 def test_inspect_folder_with_degrade(roots, tmp_path):
-    out = inspect(*overrides("folder", roots["folder"]), "relabel_ratio=0.5", "degrade.scale=0.25", cwd=tmp_path)
+    out = inspect(
+        *overrides("folder", roots["folder"]), "relabel_ratio=0.5", "degrade.scale=0.25", cwd=tmp_path
+    )
     assert out["tree"]["levels"] == [2, 3, 5]
     # 2 training images per leaf: keep 1, relabel 1 (5 leaves); the two coarse rows stay as they are
     assert out["train"]["labelled_at_level"] == [1, 1 + 5, 5]
@@ -98,8 +120,20 @@ def test_inspect_folder_with_degrade(roots, tmp_path):
 
 
 def test_inspect_bad_root_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "hrn.inspect", "dataset=cub", f"dataset.root={tmp_path}/none",
-                             f"hydra.run.dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hrn.inspect",
+            "dataset=cub",
+            f"dataset.root={tmp_path}/none",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("hrn: error: dataset.root=")
     assert "Traceback" not in result.stderr

@@ -37,17 +37,35 @@ def trained(tmp_path_factory) -> tuple[Path, dict]:
 
 def eval_cfg(run_dir: Path, ckpt: Path, *overrides: str):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("evaluate", overrides=[f"run_dir={run_dir}", f"ckpt_path={ckpt}",
-                                              "trainer.enable_progress_bar=false", *overrides])
+        return compose(
+            "evaluate",
+            overrides=[
+                f"run_dir={run_dir}",
+                f"ckpt_path={ckpt}",
+                "trainer.enable_progress_bar=false",
+                *overrides,
+            ],
+        )
 
 
 def test_evaluate_writes_everything_and_counts_every_image(trained, tmp_path):
     ckpt, train_metrics = trained
     metrics = evaluate(eval_cfg(tmp_path, ckpt, "dataset.batch_size=5"))  # 5 does not divide 36
     assert metrics["test/num_samples"] == TEST_SIZE
-    keys = {"test/acc_l1", "test/acc_l2", "test/acc_l3", "test/acc_leaf_sigmoid", "test/ap_micro",
-            "test/full_path_acc", "test/consistency", "test/mistake_severity", "test/num_samples",
-            "test/acc_l1_marginal", "test/acc_l2_marginal", "test/acc_l3_marginal"}
+    keys = {
+        "test/acc_l1",
+        "test/acc_l2",
+        "test/acc_l3",
+        "test/acc_leaf_sigmoid",
+        "test/ap_micro",
+        "test/full_path_acc",
+        "test/consistency",
+        "test/mistake_severity",
+        "test/num_samples",
+        "test/acc_l1_marginal",
+        "test/acc_l2_marginal",
+        "test/acc_l3_marginal",
+    }
     assert keys <= set(metrics)
     # the same checkpoint, the same numbers as the test at the end of training
     for key in ("test/acc_l1", "test/acc_l3", "test/ap_micro"):
@@ -72,7 +90,9 @@ def test_evaluate_val_split(trained, tmp_path):
 def test_evaluate_on_another_tree_is_one_line(trained, tmp_path):
     root = fixtures.write_folder(tmp_path / "folder")
     cfg = eval_cfg(tmp_path, trained[0], "dataset=folder", f"dataset.root={root}", "dataset.num_workers=0")
-    with pytest.raises(Exception, match=r"tree \(levels \[2, 3, 5\]\) differs from the checkpoint's \(levels \[3, 6"):
+    with pytest.raises(
+        Exception, match=r"tree \(levels \[2, 3, 5\]\) differs from the checkpoint's \(levels \[3, 6"
+    ):
         evaluate(cfg)
 
 
@@ -122,8 +142,9 @@ def test_greedy_path_follows_children():
 
 
 def run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_predict_cli_folder_glob_and_errors(trained, images, tmp_path):
@@ -135,14 +156,20 @@ def test_predict_cli_folder_glob_and_errors(trained, images, tmp_path):
     assert len(globbed.stdout.strip().splitlines()) == 2, globbed.stderr[-2000:]
 
     missing = run("hrn.predict", f"ckpt_path={trained[0]}", f"images=[{images}/nope.png]", cwd=tmp_path)
-    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1] == \
-        f"hrn: error: images: {images}/nope.png: image not found"
+    assert (
+        missing.returncode == 2
+        and missing.stderr.strip().splitlines()[-1]
+        == f"hrn: error: images: {images}/nope.png: image not found"
+    )
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     broken = run("hrn.predict", f"ckpt_path={trained[0]}", f"images=[{bad}]", cwd=tmp_path)
     assert broken.returncode == 2 and f"hrn: error: {bad}: cannot decode the image" in broken.stderr
     no_ckpt = run("hrn.predict", f"ckpt_path={tmp_path}/none.ckpt", f"images=[{bad}]", cwd=tmp_path)
-    assert no_ckpt.stderr.strip().splitlines()[-1] == f"hrn: error: ckpt_path={tmp_path}/none.ckpt: checkpoint not found"
+    assert (
+        no_ckpt.stderr.strip().splitlines()[-1]
+        == f"hrn: error: ckpt_path={tmp_path}/none.ckpt: checkpoint not found"
+    )
     assert "Traceback" not in missing.stderr + broken.stderr + no_ckpt.stderr
 
 

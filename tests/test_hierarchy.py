@@ -25,7 +25,9 @@ def test_api_example_from_issue():
 
 
 def test_siblings_are_grouped_under_parents_whatever_the_edge_order():
-    h = Hierarchy.from_edges([("x", "y"), ("a", "b"), ("y", "z"), ("a", "c"), ("b", "d"), ("c", "e"), ("b", "f")])
+    h = Hierarchy.from_edges(
+        [("x", "y"), ("a", "b"), ("y", "z"), ("a", "c"), ("b", "d"), ("c", "e"), ("b", "f")]
+    )
     assert h.levels == [["x", "a"], ["y", "b", "c"], ["z", "d", "f", "e"]]
     # children of one parent are contiguous and follow the parent order
     assert h.level_parents[1].tolist() == [0, 1, 1, 2]

@@ -15,7 +15,9 @@ from hrn.lit import CHECKPOINT_KEY, HRNModule
 @pytest.fixture
 def tree() -> Hierarchy:
     # levels: [a, x] / [b, c, y] / [d, e, f, z]
-    return Hierarchy.from_edges([("a", "b"), ("a", "c"), ("b", "d"), ("b", "e"), ("c", "f"), ("x", "y"), ("y", "z")])
+    return Hierarchy.from_edges(
+        [("a", "b"), ("a", "c"), ("b", "d"), ("b", "e"), ("c", "f"), ("x", "y"), ("y", "z")]
+    )
 
 
 class ScriptedNet(nn.Module):
@@ -24,19 +26,30 @@ class ScriptedNet(nn.Module):
     def __init__(self, h: Hierarchy, script: list[tuple[int, int, int, int]]) -> None:
         super().__init__()
         self.sizes = h.level_sizes
-        self.script = torch.tensor(script)  # per sample: predicted class at level 1, 2, 3 (sigmoid), leaf softmax
+        self.script = torch.tensor(
+            script
+        )  # per sample: predicted class at level 1, 2, 3 (sigmoid), leaf softmax
         self.w = nn.Parameter(torch.zeros(1))
 
     def forward(self, images):
         rows = self.script[images[:, 0].long()]
-        sig = [0.1 + 0.8 * nn.functional.one_hot(rows[:, lvl], n).float() + self.w for lvl, n in enumerate(self.sizes)]
+        sig = [
+            0.1 + 0.8 * nn.functional.one_hot(rows[:, lvl], n).float() + self.w
+            for lvl, n in enumerate(self.sizes)
+        ]
         leaf = 5.0 * nn.functional.one_hot(rows[:, 3], self.sizes[-1]).float() + self.w
         return HRNOutput(sig, [torch.logit(s) for s in sig], leaf)
 
 
 def make_module(h, net):
-    return HRNModule(net, CompositeLoss(h), h, functools.partial(torch.optim.SGD, lr=0.1), None,
-                     description={"net": {"note": "test"}})
+    return HRNModule(
+        net,
+        CompositeLoss(h),
+        h,
+        functools.partial(torch.optim.SGD, lr=0.1),
+        None,
+        description={"net": {"note": "test"}},
+    )
 
 
 def loader(targets):
@@ -45,8 +58,14 @@ def loader(targets):
 
 
 def trainer(tmp_path, **kw):
-    return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                     default_root_dir=tmp_path, **kw)
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **kw,
+    )
 
 
 def test_validation_accuracy_per_level_by_hand(tree, tmp_path):
@@ -69,7 +88,9 @@ def test_validation_accuracy_per_level_by_hand(tree, tmp_path):
     assert metrics["val/acc_leaf_sigmoid"] == pytest.approx(3 / 5)  # sigmoid head: rows 0, 2, 3
     for key in ("val/loss", "val/loss_tree", "val/loss_leaf_ce"):
         assert key in metrics
-    assert metrics["val/loss"] == pytest.approx(metrics["val/loss_tree"] + metrics["val/loss_leaf_ce"], rel=1e-5)
+    assert metrics["val/loss"] == pytest.approx(
+        metrics["val/loss_tree"] + metrics["val/loss_leaf_ce"], rel=1e-5
+    )
 
 
 def test_training_counts_only_labels_at_or_below_a_level(tree, tmp_path):
@@ -103,8 +124,14 @@ def test_optimizer_groups_and_cosine_schedule(tree):
 
 def test_real_hrn_trains_a_step_and_the_checkpoint_describes_itself(tree, tmp_path):
     net = HRN(tree, trunk="resnet18", width=16, dim=8)
-    module = HRNModule(net, CompositeLoss(tree), tree, functools.partial(torch.optim.SGD, lr=0.01), None,
-                       description={"net": {"trunk": "resnet18"}})
+    module = HRNModule(
+        net,
+        CompositeLoss(tree),
+        tree,
+        functools.partial(torch.optim.SGD, lr=0.01),
+        None,
+        description={"net": {"trunk": "resnet18"}},
+    )
     images = torch.randn(4, 3, 32, 32)
     targets = torch.tensor([tree.index(n) for n in ("d", "f", "c", "z")])
     data = DataLoader(TensorDataset(images, targets), batch_size=4)

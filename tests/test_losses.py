@@ -74,7 +74,9 @@ def test_bad_score_shape_is_one_line(small_tree):
 
 def test_hundred_thousand_nodes_at_batch_64():
     # 10 roots -> 1,000 -> 99,000: 100,010 nodes, three levels.
-    edges = [(f"r{i // 100}", f"m{i}") for i in range(1000)] + [(f"m{i // 99}", f"l{i}") for i in range(99_000)]
+    edges = [(f"r{i // 100}", f"m{i}") for i in range(1000)] + [
+        (f"m{i // 99}", f"l{i}") for i in range(99_000)
+    ]
     h = Hierarchy.from_edges(edges)
     assert h.num_nodes == 100_010
     loss = TreeLoss(h)
@@ -92,7 +94,9 @@ def test_hundred_thousand_nodes_at_batch_64():
         c_mid = s[:, 10:1010] + s[:, :10].repeat_interleave(100, dim=1)
         c_leaf = s[:, 1010:] + c_mid.repeat_interleave(99, dim=1)
         a_root0 = torch.logsumexp(torch.cat([s[:, :1], c_mid[:, :100], c_leaf[:, : 100 * 99]], 1), 1)
-        log_z = torch.logsumexp(torch.cat([torch.zeros(2, 1, dtype=torch.float64), s[:, :10], c_mid, c_leaf], 1), 1)
+        log_z = torch.logsumexp(
+            torch.cat([torch.zeros(2, 1, dtype=torch.float64), s[:, :10], c_mid, c_leaf], 1), 1
+        )
         torch.testing.assert_close(lp[:, 0].double(), a_root0 - log_z, rtol=1e-4, atol=1e-4)
     print(f"100,010-node tree, batch 64, forward+backward: {elapsed:.3f} s")
 
@@ -137,7 +141,61 @@ def test_oracle_worst_relative_error():
         for seed in range(5):
             h = random_tree(depth, seed=100 + seed)
             scores = torch.randn(16, h.num_nodes, dtype=torch.float64) * 5
-            worst[depth] = max(worst.get(depth, 0.0),
-                               rel_err(TreeLoss(h).marginals(scores), dense_log_marginals(h, scores).exp()))
-    print(f"worst relative error of the marginals vs the dense oracle: {max(worst.values()):.3e} by depth {worst}")
+            worst[depth] = max(
+                worst.get(depth, 0.0),
+                rel_err(TreeLoss(h).marginals(scores), dense_log_marginals(h, scores).exp()),
+            )
+    print(
+        f"worst relative error of the marginals vs the dense oracle: {max(worst.values()):.3e} by depth {worst}"
+    )
     assert max(worst.values()) < 1e-9
+
+
+def _lse(z: torch.Tensor) -> torch.Tensor:
+    return z.exp().sum().log()
+
+
+def test_leaf_ce_drops_coarse_labelled_samples(small_tree):
+    from hrn.losses import LeafCELoss
+
+    h = small_tree
+    out = _output(h, 2, seed=3)
+    targets = torch.tensor([h.index("e"), h.index("b")])
+    z = out.leaf_logits[0]
+    expected = -(z[1] - _lse(z))  # e is leaf 1; the b-labelled sample does not count
+    terms = LeafCELoss(h)(out, targets)
+    torch.testing.assert_close(terms.total, expected)
+    assert LeafCELoss.coarse_from_leaf
+
+
+def test_per_level_ce_counts_levels_at_or_above_the_label(small_tree):
+    from hrn.losses import PerLevelCELoss
+
+    h = small_tree
+    out = _output(h, 2, seed=4)
+    targets = torch.tensor([h.index("d"), h.index("y")])  # d: a/b/d = 0/0/0 ; y: x/y = 1/2, no leaf
+    l1, l2, leaf = out.logits[0], out.logits[1], out.leaf_logits
+    e1 = (-(l1[0, 0] - _lse(l1[0])) - (l1[1, 1] - _lse(l1[1]))) / 2
+    e2 = (-(l2[0, 0] - _lse(l2[0])) - (l2[1, 2] - _lse(l2[1]))) / 2
+    e3 = -(leaf[0, 0] - _lse(leaf[0]))
+    terms = PerLevelCELoss(h)(out, targets)
+    torch.testing.assert_close(terms.terms["ce_l1"], e1)
+    torch.testing.assert_close(terms.terms["ce_l2"], e2)
+    torch.testing.assert_close(terms.terms["ce_l3"], e3)
+    torch.testing.assert_close(terms.total, e1 + e2 + e3)
+
+
+def test_coarse_constraint_uses_leaves_under_the_parent_level_label(small_tree):
+    from hrn.losses import CoarseConstraintLoss
+
+    h = small_tree  # leaves d e f z w; b -> d e, c -> f, y -> z w
+    out = _output(h, 3, seed=5)
+    targets = torch.tensor([h.index("d"), h.index("c"), h.index("x")])
+    m = torch.tensor([[1.0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 1]])
+    z = out.leaf_logits
+    bce = (z.clamp_min(0) - z * m + torch.log1p(torch.exp(-z.abs()))).mean()
+    ce = -(z[0, 0] - _lse(z[0]))
+    terms = CoarseConstraintLoss(h, a=1.0, b=2.0)(out, targets)
+    torch.testing.assert_close(terms.terms["constraint_bce"], 2.0 * bce)
+    torch.testing.assert_close(terms.terms["leaf_ce"], ce)
+    torch.testing.assert_close(terms.total, ce + 2.0 * bce)

@@ -11,7 +11,9 @@ from hrn.metrics import HierarchicalMetrics
 @pytest.fixture
 def tree() -> Hierarchy:
     # levels: [a, x] / [b, c, y] / [d, e, f, z]
-    return Hierarchy.from_edges([("a", "b"), ("a", "c"), ("b", "d"), ("b", "e"), ("c", "f"), ("x", "y"), ("y", "z")])
+    return Hierarchy.from_edges(
+        [("a", "b"), ("a", "c"), ("b", "d"), ("b", "e"), ("c", "f"), ("x", "y"), ("y", "z")]
+    )
 
 
 def outputs(h: Hierarchy, rows: list[tuple[str, str, str, str]]):
@@ -29,12 +31,20 @@ def outputs(h: Hierarchy, rows: list[tuple[str, str, str, str]]):
 def test_hand_computed_values(tree):
     h = tree
     targets = torch.tensor([h.index(n) for n in ("d", "e", "f", "z")])
-    sig, leaf = outputs(h, [
-        ("a", "b", "d", "d"),  # all right, consistent
-        ("a", "b", "e", "d"),  # leaf wrong: d vs e are siblings, LCA height 1; consistent
-        ("a", "c", "f", "z"),  # leaf wrong: z vs f share only the virtual root, LCA height 3; z's parent y != c
-        ("x", "y", "d", "z"),  # all right by the paper heads (sigmoid leaf wrong)
-    ])
+    sig, leaf = outputs(
+        h,
+        [
+            ("a", "b", "d", "d"),  # all right, consistent
+            ("a", "b", "e", "d"),  # leaf wrong: d vs e are siblings, LCA height 1; consistent
+            (
+                "a",
+                "c",
+                "f",
+                "z",
+            ),  # leaf wrong: z vs f share only the virtual root, LCA height 3; z's parent y != c
+            ("x", "y", "d", "z"),  # all right by the paper heads (sigmoid leaf wrong)
+        ],
+    )
     marginals = TreeLoss(h).marginals(torch.cat(sig, 1))
     m = HierarchicalMetrics(h)
     m.update(sig, leaf, marginals, targets, torch.arange(4))
@@ -90,7 +100,9 @@ def test_ap_micro_matches_scikit_learn(tree):
     leaf = torch.randn(b, h.level_sizes[-1], generator=g) * 2
     m = HierarchicalMetrics(h)
     for chunk in torch.arange(b).split(7):  # several updates of uneven size
-        m.update([s[chunk] for s in sig], leaf[chunk], torch.rand(len(chunk), h.num_nodes), targets[chunk], chunk)
+        m.update(
+            [s[chunk] for s in sig], leaf[chunk], torch.rand(len(chunk), h.num_nodes), targets[chunk], chunk
+        )
     ours = m.compute()["ap_micro"].item()
     scores = torch.cat([*sig[:-1], leaf.softmax(1)], 1).numpy()
     multi_hot = h.ancestors[targets].int().numpy()  # leaf + ancestors

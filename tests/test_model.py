@@ -36,7 +36,9 @@ def test_cub_parameter_count_equals_the_authors_model():
 
 
 def small_tree() -> Hierarchy:
-    return Hierarchy.from_edges([("a", "b"), ("a", "c"), ("b", "d"), ("b", "e"), ("c", "f"), ("x", "y"), ("y", "z")])
+    return Hierarchy.from_edges(
+        [("a", "b"), ("a", "c"), ("b", "d"), ("b", "e"), ("c", "f"), ("x", "y"), ("y", "z")]
+    )
 
 
 VARIANTS = [
@@ -50,7 +52,9 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("kwargs", VARIANTS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "paper")
+@pytest.mark.parametrize(
+    "kwargs", VARIANTS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "paper"
+)
 def test_every_variant_gives_shapes_without_nans(kwargs):
     h = small_tree()
     kwargs = {"trunk": "resnet18", "width": 32, "dim": 16, **kwargs}

@@ -23,8 +23,15 @@ TINY = [  # shrink the default synthetic run to seconds
     "model.dim=16",
     "callbacks.progress_bar.refresh_rate=0",
 ]
-LEVEL_KEYS = {"test/acc_l1", "test/acc_l2", "test/acc_l3", "test/acc_leaf_sigmoid", "test/loss", "test/loss_tree",
-              "test/loss_leaf_ce"}
+LEVEL_KEYS = {
+    "test/acc_l1",
+    "test/acc_l2",
+    "test/acc_l3",
+    "test/acc_leaf_sigmoid",
+    "test/loss",
+    "test/loss_tree",
+    "test/loss_leaf_ce",
+}
 
 
 def make_cfg(run_dir: Path, *overrides: str):
@@ -64,8 +71,9 @@ def test_relabelled_run_keeps_checkpoints_logs_and_tree(tmp_path):
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hrn.train", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "hrn.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize(
@@ -73,7 +81,10 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     [
         ("relabel_ratio=1.0", "hrn: error: relabel_ratio=1.0 is outside [0, 1)"),
         ("relabel_ratio=-0.2", "hrn: error: relabel_ratio=-0.2 is outside [0, 1)"),
-        ("model.trunk=vgg16", "hrn: error: unknown trunk 'vgg16'; valid trunks: resnet18, resnet34, resnet50"),
+        (
+            "model.trunk=vgg16",
+            "hrn: error: unknown trunk 'vgg16'; valid trunks: resnet18, resnet34, resnet50",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(tmp_path, override, message):
@@ -86,7 +97,9 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, override, message):
 
 @pytest.mark.slow
 def test_cli_max_epochs_and_relabel_overrides(tmp_path):
-    result = run_cli("relabel_ratio=0.7", "trainer.max_epochs=1", *TINY, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    result = run_cli(
+        "relabel_ratio=0.7", "trainer.max_epochs=1", *TINY, f"hydra.run.dir={tmp_path}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "level    classes  accuracy" in result.stdout
     assert LEVEL_KEYS <= set(json.loads((tmp_path / "metrics.json").read_text()))

@@ -41,18 +41,26 @@ def aircraft_hierarchy(names: dict[str, dict[str, str]], where: Path) -> Hierarc
         pair = (names["family"].get(image_id), names["manufacturer"].get(image_id))
         if None in pair:
             level = "family" if pair[0] is None else "manufacturer"
-            raise DataError(f"{where}: image {image_id} has a variant but no {level} line in images_{level}_*.txt")
+            raise DataError(
+                f"{where}: image {image_id} has a variant but no {level} line in images_{level}_*.txt"
+            )
         if derived.setdefault(variant, pair) != pair:
-            raise DataError(f"{where}: variant {variant!r} is listed under two families/makers: "
-                            f"{derived[variant]} and {pair}")
+            raise DataError(
+                f"{where}: variant {variant!r} is listed under two families/makers: "
+                f"{derived[variant]} and {pair}"
+            )
     shipped_tree = Hierarchy.from_csv(shipped("aircraft.csv"))
     rename: dict[str, str] = {}
     for variant in shipped_tree.levels[-1]:
         if variant not in derived:
-            raise DataError(f"{where}: variant {variant!r} of the HRN tree has no images in images_variant_*.txt")
+            raise DataError(
+                f"{where}: variant {variant!r} of the HRN tree has no images in images_variant_*.txt"
+            )
         v = shipped_tree.index(variant)
-        family_id, maker_id = shipped_tree.names[shipped_tree.parent_of(v)], shipped_tree.names[
-            shipped_tree.parent_of(shipped_tree.parent_of(v))]
+        family_id, maker_id = (
+            shipped_tree.names[shipped_tree.parent_of(v)],
+            shipped_tree.names[shipped_tree.parent_of(shipped_tree.parent_of(v))],
+        )
         for node_id, name in ((family_id, derived[variant][0]), (maker_id, derived[variant][1])):
             if rename.setdefault(node_id, name) != name:
                 raise DataError(
@@ -63,7 +71,9 @@ def aircraft_hierarchy(names: dict[str, dict[str, str]], where: Path) -> Hierarc
     if extra:
         raise DataError(f"{where}: variant(s) {extra[:5]} are not in the HRN tree (100 variants expected)")
     if len(set(rename.values())) != len(rename):
-        raise DataError(f"{where}: two families or makers of the HRN tree share one name in the dataset's files")
+        raise DataError(
+            f"{where}: two families or makers of the HRN tree share one name in the dataset's files"
+        )
     # Some families share their variant's name ("DHC-1" is both); a node name must be unique in the tree, so the
     # coarser node gets its level in brackets ("DHC-1 (family)").
     taken = set(shipped_tree.levels[-1])
@@ -106,7 +116,17 @@ def aircraft(
     authors = shipped("aircraft_trainval_order.txt").read_text().split()
     train = order_by_list(samples["trainval"], order["trainval"], authors, "FGVC-Aircraft")
     return make_splits(
-        "aircraft", h, train, samples["test"], val_fraction=val_fraction, split_seed=split_seed,
-        on_bad_image=on_bad_image, batch_size=batch_size, num_workers=num_workers, resize=resize, crop=crop,
-        padding=padding, source=f"the index files under {data}",
+        "aircraft",
+        h,
+        train,
+        samples["test"],
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        on_bad_image=on_bad_image,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        resize=resize,
+        crop=crop,
+        padding=padding,
+        source=f"the index files under {data}",
     )

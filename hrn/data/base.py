@@ -123,7 +123,9 @@ class DataSplits:
         """A loader over ``split``; training shuffles and drops nothing, so every image counts."""
         dataset = getattr(self, split)
         if len(dataset) == 0:
-            raise DataError(f"the {self.name} {split} split has no samples; check the dataset's split settings")
+            raise DataError(
+                f"the {self.name} {split} split has no samples; check the dataset's split settings"
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -136,8 +138,10 @@ class DataSplits:
 
 def check_relabel_ratio(ratio: float) -> float:
     if not isinstance(ratio, int | float) or not 0.0 <= float(ratio) < 1.0:
-        raise DataError(f"relabel_ratio={ratio!r} is outside [0, 1): it is the share of each leaf class's "
-                        "training images relabelled to the parent (0 = none; 1 would leave no leaf label)")
+        raise DataError(
+            f"relabel_ratio={ratio!r} is outside [0, 1): it is the share of each leaf class's "
+            "training images relabelled to the parent (0 = none; 1 would leave no leaf label)"
+        )
     return float(ratio)
 
 
@@ -195,7 +199,9 @@ def apply_protocols(
     usual transforms. Records what it did in ``data.info["protocol"]``.
     """
     if not isinstance(degrade_scale, int | float) or not 0.0 < float(degrade_scale) <= 1.0:
-        raise DataError(f"degrade.scale={degrade_scale!r} must be in (0, 1] (1 = off; the paper's study uses 0.25)")
+        raise DataError(
+            f"degrade.scale={degrade_scale!r} must be in (0, 1] (1 = off; the paper's study uses 0.25)"
+        )
     if degrade_apply_to not in ("relabelled", "all"):
         raise DataError(f"degrade.apply_to={degrade_apply_to!r}: expected 'relabelled' or 'all'")
     train = data.train

@@ -41,7 +41,9 @@ def cars_hierarchy(model_names: dict[str, str], where: str) -> Hierarchy:
     edges = Hierarchy.from_csv(shipped("cars.csv")).edges
     absent = [m for _, m in edges if m not in model_names]
     if absent:
-        raise DataError(f"{where}: model id(s) {', '.join(absent[:5])} have no class name; expected 196 models")
+        raise DataError(
+            f"{where}: model id(s) {', '.join(absent[:5])} have no class name; expected 196 models"
+        )
     return Hierarchy.from_edges([(t, model_names[m]) for t, m in edges])
 
 
@@ -53,8 +55,9 @@ def _torchvision_layout(root: Path) -> tuple[dict[str, str], dict[str, list[tupl
         try:
             ds = StanfordCars(str(root), split=split)
         except (RuntimeError, OSError, KeyError, ValueError) as e:
-            raise DataError(f"dataset.root={root}: cannot read the StanfordCars {split} split ({e}); expected "
-                            f"{LAYOUT}") from None
+            raise DataError(
+                f"dataset.root={root}: cannot read the StanfordCars {split} split ({e}); expected {LAYOUT}"
+            ) from None
         names = {str(i + 1): str(n) for i, n in enumerate(ds.classes)}
         splits[split] = [(Path(p), str(c + 1)) for p, c in ds._samples]  # noqa: SLF001 - torchvision's own list
     return names, splits
@@ -98,7 +101,17 @@ def cars(
             raise DataError(f"{base}: model id {unknown[0]} of the {split} list is not one of the 196 models")
         samples[split] = [Sample(path, h.index(names[m])) for path, m in rows]
     return make_splits(
-        "cars", h, samples["train"], samples["test"], val_fraction=val_fraction, split_seed=split_seed,
-        on_bad_image=on_bad_image, batch_size=batch_size, num_workers=num_workers, resize=resize, crop=crop,
-        padding=padding, source=f"the Stanford Cars lists under {base}",
+        "cars",
+        h,
+        samples["train"],
+        samples["test"],
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        on_bad_image=on_bad_image,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        resize=resize,
+        crop=crop,
+        padding=padding,
+        source=f"the Stanford Cars lists under {base}",
     )

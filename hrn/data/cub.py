@@ -42,8 +42,12 @@ def cub_hierarchy(classes_txt: Path) -> Hierarchy:
     species_ids = [c for p, c in edges if p.startswith("family_")]
     absent = [i for i in species_ids if i not in names]
     if absent:
-        raise DataError(f"{classes_txt}: class id(s) {', '.join(absent[:5])} missing; expected the 200 CUB classes")
-    return Hierarchy.from_edges([(p, species_name(names[c]) if p.startswith("family_") else c) for p, c in edges])
+        raise DataError(
+            f"{classes_txt}: class id(s) {', '.join(absent[:5])} missing; expected the 200 CUB classes"
+        )
+    return Hierarchy.from_edges(
+        [(p, species_name(names[c]) if p.startswith("family_") else c) for p, c in edges]
+    )
 
 
 def cub(
@@ -72,7 +76,9 @@ def cub(
             raise DataError(f"{base / missing}: no line for image id {image_id} ({rel})")
         cls = labels[image_id]
         if cls not in folders:
-            raise DataError(f"{base / 'image_class_labels.txt'}: image {image_id} has class {cls}, not in classes.txt")
+            raise DataError(
+                f"{base / 'image_class_labels.txt'}: image {image_id} has class {cls}, not in classes.txt"
+            )
         sample = Sample(base / "images" / rel, h.index(species_name(folders[cls])))
         if is_train[image_id] == "1":
             train.append(sample)
@@ -82,7 +88,17 @@ def cub(
     order = shipped("cub_train_order.txt").read_text().split()
     train = order_by_list(train, train_keys, order, "CUB")
     return make_splits(
-        "cub", h, train, test, val_fraction=val_fraction, split_seed=split_seed, on_bad_image=on_bad_image,
-        batch_size=batch_size, num_workers=num_workers, resize=resize, crop=crop, padding=padding,
+        "cub",
+        h,
+        train,
+        test,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        on_bad_image=on_bad_image,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        resize=resize,
+        crop=crop,
+        padding=padding,
         source=f"the index files under {base}",
     )

@@ -85,11 +85,15 @@ def check_images(samples: list[Sample], on_bad_image: str, what: str) -> tuple[l
     return kept, skipped
 
 
-def split_off_validation(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+def split_off_validation(
+    samples: list[Sample], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
     """Hold out a seeded, per-class share of ``samples`` for validation: ``round(n · fraction)`` of each label's
     n samples (at least one when the label has two or more). The rest keep their list order."""
     if not 0.0 <= fraction < 1.0:
-        raise DataError(f"dataset.val_fraction={fraction!r} must be in [0, 1) (0 = validate on the test split)")
+        raise DataError(
+            f"dataset.val_fraction={fraction!r} must be in [0, 1) (0 = validate on the test split)"
+        )
     by_label: dict[int, list[int]] = {}
     for i, s in enumerate(samples):
         by_label.setdefault(s.target, []).append(i)

@@ -33,15 +33,19 @@ def read_labels(path: Path, h: Hierarchy) -> tuple[list[tuple[Sample, str | None
         reader = csv.reader(f)
         header = [c.strip() for c in next(reader, [])]
         if header[:2] != ["path", "label"] or header[2:] not in ([], ["split"]):
-            raise DataError(f"{path}: first line must be the header 'path,label' or 'path,label,split', "
-                            f"found {','.join(header)!r}")
+            raise DataError(
+                f"{path}: first line must be the header 'path,label' or 'path,label,split', "
+                f"found {','.join(header)!r}"
+            )
         has_split = len(header) == 3
         for lineno, row in enumerate(reader, start=2):
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) != len(header) or not row[0].strip() or not row[1].strip():
-                raise DataError(f"{path}:{lineno}: expected {len(header)} non-empty fields "
-                                f"({','.join(header)}), found {','.join(row)!r}")
+                raise DataError(
+                    f"{path}:{lineno}: expected {len(header)} non-empty fields "
+                    f"({','.join(header)}), found {','.join(row)!r}"
+                )
             rel, label = row[0].strip(), row[1].strip()
             try:
                 target = h.index(label)
@@ -71,8 +75,10 @@ def folder(
 ) -> DataSplits:
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise DataError(f"dataset.root={root}: folder not found; expected {tree} (parent,child) and {labels} "
-                        "(path,label[,split]) in it")
+        raise DataError(
+            f"dataset.root={root}: folder not found; expected {tree} (parent,child) and {labels} "
+            "(path,label[,split]) in it"
+        )
     h = Hierarchy.from_file(base / tree, pad=pad)
     rows, has_split = read_labels(base / labels, h)
     val = None
@@ -82,12 +88,26 @@ def folder(
         val = by_split["val"] or None
     else:
         if not 0.0 < test_fraction < 1.0:
-            raise DataError(f"dataset.test_fraction={test_fraction!r} must be in (0, 1) when {labels} has no "
-                            "split column")
+            raise DataError(
+                f"dataset.test_fraction={test_fraction!r} must be in (0, 1) when {labels} has no split column"
+            )
         train, test = split_off_validation([s for s, _ in rows], test_fraction, split_seed)
-        val_fraction = min(val_fraction / (1.0 - test_fraction), 0.99)  # a share of the whole, not of the rest
+        val_fraction = min(
+            val_fraction / (1.0 - test_fraction), 0.99
+        )  # a share of the whole, not of the rest
     return make_splits(
-        "folder", h, train, test, val=val, val_fraction=val_fraction, split_seed=split_seed,
-        on_bad_image=on_bad_image, batch_size=batch_size, num_workers=num_workers, resize=resize, crop=crop,
-        padding=padding, source=str(base / labels),
+        "folder",
+        h,
+        train,
+        test,
+        val=val,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        on_bad_image=on_bad_image,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        resize=resize,
+        crop=crop,
+        padding=padding,
+        source=str(base / labels),
     )

@@ -107,6 +107,10 @@ def synthetic(
             transform=transform,
         )
     return DataSplits(
-        h, **splits, batch_size=batch_size, num_workers=num_workers, name="synthetic",
+        h,
+        **splits,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        name="synthetic",
         info={"resize": resize, "crop": crop},
     )
