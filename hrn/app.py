@@ -6,12 +6,9 @@ Entry-point layer: it may import Hydra and OmegaConf; nothing below it does.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 from hrn.data.base import DataSplits, apply_protocols
 from hrn.errors import HRNError
 
-__all__ = ["apply_ratio_settings", "build_data", "build_module", "load_checkpoint", "write_json", "report_errors", "CONF_DIR"]
+__all__ = [
+    "apply_ratio_settings",
+    "build_data",
+    "build_module",
+    "load_checkpoint",
+    "report_errors",
+    "CONF_DIR",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,11 @@ def apply_ratio_settings(cfg: DictConfig) -> DictConfig:
         return cfg
     container = OmegaConf.to_container(cfg, resolve=False)
     _overlay(container, container["at_relabel_ratio"][match[0]])
-    log.info("relabel_ratio=%s: applying the experiment's settings for this ratio: %s", cfg.relabel_ratio,
-             OmegaConf.to_yaml(cases[match[0]]).strip().replace("\n", "; "))
+    log.info(
+        "relabel_ratio=%s: applying the experiment's settings for this ratio: %s",
+        cfg.relabel_ratio,
+        OmegaConf.to_yaml(cases[match[0]]).strip().replace("\n", "; "),
+    )
     return OmegaConf.create(container)
 
 
@@ -145,23 +152,6 @@ def load_checkpoint(path: str | Path):
             f"ckpt_path={path}: weights do not fit the network it describes ({first})"
         ) from None
     return module.eval(), meta
-
-
-def write_json(path: str | Path, obj) -> None:
-    """Write ``obj`` as JSON atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def report_errors(fn: Callable) -> Callable:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -25,9 +23,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from hrn.app import CONF_DIR, load_checkpoint, report_errors, write_json
+from hrn.app import CONF_DIR, load_checkpoint, report_errors
 from hrn.data.base import DataError, DataSplits
 from hrn.hierarchy import Hierarchy
+from hrn.io import atomic_write_bytes, write_json
 from hrn.metrics import SampleRecords
 from hrn.train import level_table
 
@@ -63,19 +62,6 @@ def check_same_tree(data: DataSplits, trained: Hierarchy) -> None:
         )
 
 
-def _atomic_bytes(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_predictions(path: Path, records: SampleRecords, h: Hierarchy, paths: list[str]) -> None:
     buf = io.BytesIO()
     np.savez_compressed(
@@ -85,7 +71,7 @@ def write_predictions(path: Path, records: SampleRecords, h: Hierarchy, paths: l
         preds=records.preds.cpu().numpy(),
         paths=np.array(paths),
     )
-    _atomic_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def per_class_rows(records: SampleRecords, h: Hierarchy) -> list[dict]:
@@ -108,7 +94,7 @@ def write_per_class(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=["node", "level", "support", "accuracy"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_bytes(path, buf.getvalue().encode())
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def write_confusions(run_dir: Path, records: SampleRecords, h: Hierarchy) -> list[Path]:
@@ -141,7 +127,7 @@ def write_confusions(run_dir: Path, records: SampleRecords, h: Hierarchy) -> lis
         fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
         path = run_dir / f"confusion_l{lvl}.png"
-        _atomic_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
         out.append(path)
     return out
 

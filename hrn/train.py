@@ -11,7 +11,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from hrn.app import CONF_DIR, apply_ratio_settings, build_data, build_module, report_errors, write_json
+from hrn.app import CONF_DIR, apply_ratio_settings, build_data, build_module, report_errors
+from hrn.io import write_json
 
 log = logging.getLogger(__name__)
 
