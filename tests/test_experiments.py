@@ -1,0 +1,92 @@
+"""Layer 4: the experiment configs compose, the per-ratio settings apply, and a Hydra multirun works."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from hrn.app import CONF_DIR, apply_ratio_settings
+from tests.test_train import TINY
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+def make_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=["run_dir=/tmp/unused", *overrides], return_hydra_config=True)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes(name):
+    cfg = make_cfg(f"experiment={name}")
+    assert cfg.model._target_ and cfg.loss._target_ and cfg.dataset._target_
+
+
+@pytest.mark.parametrize("dataset", ["cub", "aircraft", "cars"])
+def test_paper_configs_hold_the_paper_settings(dataset):
+    cfg = make_cfg(f"experiment=paper_{dataset}", "relabel_ratio=0.5")
+    assert cfg.dataset._target_ == f"hrn.data.{dataset}.{dataset}"
+    assert (cfg.dataset.resize, cfg.dataset.crop, cfg.dataset.padding, cfg.dataset.batch_size) == (
+        550,
+        448,
+        8,
+        8,
+    )
+    assert cfg.dataset.val_fraction == 0  # the authors select on test, and the config says so
+    assert cfg.model.trunk == "resnet50" and cfg.model.pretrained is True and cfg.model.width is None
+    assert cfg.model.optimizer.lr == 0.002 and cfg.model.trunk_lr_scale == 0.1
+    assert cfg.model.optimizer.momentum == 0.9 and cfg.model.optimizer.weight_decay == 5e-4
+    assert cfg.model.scheduler._target_.endswith("CosineAnnealingLR")
+    assert cfg.loss._target_ == "hrn.losses.CompositeLoss"
+    same = apply_ratio_settings(cfg)
+    assert same.model.optimizer.lr == 0.002  # nothing special at 0.5
+
+
+@pytest.mark.parametrize("dataset", ["cub", "aircraft", "cars"])
+def test_paper_special_case_at_ratio_0_9(dataset):
+    cfg = apply_ratio_settings(make_cfg(f"experiment=paper_{dataset}", "relabel_ratio=0.9"))
+    assert cfg.model.optimizer.lr == 1e-4 and cfg.model.trunk_lr_scale == 1.0  # one lr for every layer
+    assert OmegaConf.to_container(cfg.model.scheduler) == {
+        "_target_": "torch.optim.lr_scheduler.StepLR",
+        "_partial_": True,
+        "step_size": 60,
+        "gamma": 0.1,
+    }
+    assert cfg.trainer.max_epochs == 100 and cfg.dataset.batch_size == 8
+
+
+def test_study_sweeps_combine_with_a_paper_setting():
+    cfg = make_cfg("experiment=[paper_cub,ablation_gsb]")
+    assert cfg.hydra.sweeper.params["model.gsb"] == "true,false"
+    assert cfg.dataset._target_ == "hrn.data.cub.cub"
+
+
+@pytest.mark.slow
+def test_multirun_of_two_tiny_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hrn.train",
+            "-m",
+            "trainer.fast_dev_run=true",
+            "relabel_ratio=0,0.5",
+            *TINY,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in runs] == ["0", "1"]
+    for run in runs:
+        assert "test/acc_l1" in json.loads((run / "metrics.json").read_text())
+    assert "relabel_ratio=0.5" in (runs[1] / ".hydra" / "overrides.yaml").read_text()
