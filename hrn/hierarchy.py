@@ -72,7 +72,7 @@ class Hierarchy:
                 "rename one copy if they are different classes"
             )
         if not nx.is_directed_acyclic_graph(graph):
-            cycle = " -> ".join(p for p, _ in nx.find_cycle(graph))
+            cycle = " -> ".join(repr(p) for p, _ in nx.find_cycle(graph))
             raise HierarchyError(f"the label tree has a cycle: {cycle}")
 
         roots = sorted((n for n in graph if graph.in_degree(n) == 0), key=first_seen.__getitem__)
@@ -145,20 +145,25 @@ class Hierarchy:
         path = Path(path)
         if not path.is_file():
             raise HierarchyError(f"{path}: tree file not found (expected a CSV with header 'parent,child')")
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = [h.strip() for h in next(reader, [])]
-            if header[:2] != ["parent", "child"]:
-                raise HierarchyError(
-                    f"{path}: first line must be the header 'parent,child', found {header!r}"
-                )
-            edges = []
-            for lineno, row in enumerate(reader, start=2):
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if len(row) < 2 or not row[0].strip() or not row[1].strip():
-                    raise HierarchyError(f"{path}:{lineno}: expected 'parent,child', found {','.join(row)!r}")
-                edges.append((row[0].strip(), row[1].strip()))
+        edges = []
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                reader = csv.reader(f)
+                header = [h.strip() for h in next(reader, [])]
+                if header[:2] != ["parent", "child"]:
+                    raise HierarchyError(
+                        f"{path}: first line must be the header 'parent,child', found {header!r}"
+                    )
+                for lineno, row in enumerate(reader, start=2):
+                    if not row or all(not c.strip() for c in row):
+                        continue
+                    if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                        raise HierarchyError(
+                            f"{path}:{lineno}: expected 'parent,child', found {','.join(row)!r}"
+                        )
+                    edges.append((row[0].strip(), row[1].strip()))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise HierarchyError(f"{path}: not a readable UTF-8 CSV file ({e})") from None
         try:
             return cls(edges, pad=pad)
         except HierarchyError as e:
@@ -170,7 +175,7 @@ class Hierarchy:
         path = Path(path)
         try:
             edges = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise HierarchyError(f"{path}: cannot read the tree as JSON ({e})") from None
         if not isinstance(edges, list) or not all(isinstance(e, list | tuple) and len(e) == 2 for e in edges):
             raise HierarchyError(f"{path}: expected a JSON list of [parent, child] pairs")

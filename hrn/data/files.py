@@ -176,8 +176,12 @@ def read_pairs(path: Path, layout: str) -> list[tuple[str, str]]:
     when the file is missing."""
     if not path.is_file():
         raise DataError(f"{path}: index file not found; expected {layout}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a readable UTF-8 text file ({e})") from None
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.strip().split(maxsplit=1)

@@ -28,6 +28,13 @@ def read_labels(path: Path, h: Hierarchy) -> tuple[list[tuple[Sample, str | None
     """Rows of ``labels.csv`` as (sample, split or None); and whether the file has a split column."""
     if not path.is_file():
         raise DataError(f"{path}: labels file not found; expected a CSV with header 'path,label[,split]'")
+    try:
+        return _read_labels(path, h)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a readable UTF-8 CSV file ({e})") from None
+
+
+def _read_labels(path: Path, h: Hierarchy) -> tuple[list[tuple[Sample, str | None]], bool]:
     rows = []
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
