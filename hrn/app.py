@@ -107,16 +107,12 @@ class CheckpointError(HRNError):
     """A checkpoint that is missing, unreadable or not written by ``hrn.train``."""
 
 
-def load_checkpoint(path: str | Path):
-    """Rebuild the LightningModule of an HRN checkpoint from the checkpoint alone (tree, net, loss, weights).
-
-    Returns ``(module, meta)``: the module in eval mode and the checkpoint's self-description (``meta["tree"]``,
-    ``meta["net"]``, ``meta["dataset"]``, ``meta["data"]`` with the transform sizes).
-    """
+def read_checkpoint(path: str | Path) -> dict:
+    """Read an HRN checkpoint (a dict with ``state_dict`` and the ``hrn`` self-description), or raise one line:
+    missing, unreadable (truncated, not PyTorch) or foreign."""
     import torch
 
-    from hrn.hierarchy import Hierarchy
-    from hrn.lit import CHECKPOINT_KEY, HRNModule
+    from hrn.lit import CHECKPOINT_KEY
 
     path = Path(path)
     if not path.is_file():
@@ -132,15 +128,26 @@ def load_checkpoint(path: str | Path):
         raise CheckpointError(
             f"ckpt_path={path}: not an HRN checkpoint (no '{CHECKPOINT_KEY}' entry); use one written by hrn.train"
         )
+    return ckpt
+
+
+def load_checkpoint(path: str | Path):
+    """Rebuild the LightningModule of an HRN checkpoint from the checkpoint alone (tree, net, loss, weights).
+
+    Returns ``(module, meta)``: the module in eval mode and the checkpoint's self-description (``meta["tree"]``,
+    ``meta["net"]``, ``meta["dataset"]``, ``meta["data"]`` with the transform sizes).
+    """
+    import torch
+
+    from hrn.hierarchy import Hierarchy
+    from hrn.lit import CHECKPOINT_KEY, HRNModule
+
+    ckpt = read_checkpoint(path)
     meta = ckpt[CHECKPOINT_KEY]
     h = Hierarchy.from_dict(meta["tree"])
     net_cfg = dict(meta["net"])
-    for key, off in (
-        ("pretrained", False),
-        ("weights", None),
-    ):  # the checkpoint's weights replace any download
-        if key in net_cfg:
-            net_cfg[key] = off
+    # the checkpoint's weights replace any download or weights file the run started from
+    net_cfg.update({k: v for k, v in {"pretrained": False, "weights": None}.items() if k in net_cfg})
     net = instantiate(net_cfg, hierarchy=h)
     loss = instantiate(meta.get("loss") or {"_target_": "hrn.losses.CompositeLoss"}, hierarchy=h)
     module = HRNModule(net, loss, h, optimizer=functools.partial(torch.optim.SGD, lr=0.0), description=meta)

@@ -98,10 +98,7 @@ def write_per_class(path: Path, rows: list[dict]) -> None:
 
 
 def write_confusions(run_dir: Path, records: SampleRecords, h: Hierarchy) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (notebooks) alone
 
     truth = h.ancestor_at_level[:, records.target.cpu()].T
     preds = records.preds.cpu()
@@ -115,7 +112,8 @@ def write_confusions(run_dir: Path, records: SampleRecords, h: Hierarchy) -> lis
             accumulate=True,
         )
         size = min(4 + n * 0.12, 24)
-        fig, ax = plt.subplots(figsize=(size, size))
+        fig = Figure(figsize=(size, size))
+        ax = fig.subplots()
         ax.imshow(matrix.numpy(), cmap="Blues")
         ax.set_title(f"level {lvl}: {n} classes (rows = truth, columns = prediction)")
         if n <= 40:
@@ -125,7 +123,6 @@ def write_confusions(run_dir: Path, records: SampleRecords, h: Hierarchy) -> lis
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
         path = run_dir / f"confusion_l{lvl}.png"
         atomic_write_bytes(path, buf.getvalue())
         out.append(path)

@@ -10,6 +10,9 @@ from pathlib import Path
 
 __all__ = ["atomic_write_bytes", "write_json"]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # reading the umask means setting it; put it back at once
+
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` atomically (the folder is created if needed)."""
@@ -17,6 +20,7 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should be as readable as any new file
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()

@@ -6,20 +6,61 @@ It is *given* its network, loss, optimiser and scheduler (the last two as partia
 
 from __future__ import annotations
 
+import io
+import random
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from hrn.errors import HRNError
 from hrn.hierarchy import Hierarchy
+from hrn.io import atomic_write_bytes
 from hrn.losses import TreeLoss
 from hrn.metrics import HierarchicalMetrics, level_predictions
 
-__all__ = ["HRNModule", "CHECKPOINT_KEY"]
+__all__ = ["HRNModule", "CHECKPOINT_KEY", "AtomicCheckpointIO", "NonFiniteError", "ResumeError"]
 
 CHECKPOINT_KEY = "hrn"  # the checkpoint's self-description lives under this key
+RNG_KEY = "hrn_rng"  # Python, NumPy and torch random states at save time, restored when training resumes
+
+
+class NonFiniteError(HRNError):
+    """A loss term or gradient became NaN or infinite; training stops after saving the last good state."""
+
+
+class ResumeError(HRNError):
+    """A checkpoint that cannot continue this run (its training labels differ)."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it into place, so a kill during a save never
+    leaves a truncated checkpoint where ``ckpt_path=last`` would find it."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+def _rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class HRNModule(L.LightningModule):
@@ -94,6 +135,7 @@ class HRNModule(L.LightningModule):
         index = batch[2] if len(batch) > 2 else None  # dataset indices, to count each image once under DDP
         output = self.net(images)
         terms = self.loss(output, targets)
+        self._last_terms = terms.terms
         batch_size = targets.shape[0]
         sync = stage != "train"
         self.log(
@@ -145,7 +187,11 @@ class HRNModule(L.LightningModule):
         metric.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        finite = torch.stack([v.detach().isfinite() for v in self._last_terms.values()]).tolist()  # one sync
+        bad = [name for name, ok in zip(self._last_terms, finite, strict=True) if not ok]
+        self._stop_if(bool(bad), f"the loss term '{bad[0]}'" if bad else "")
+        return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
@@ -173,3 +219,49 @@ class HRNModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = {"tree": self.hierarchy.to_dict(), **self.description}
+        # Lightning restores weights, optimiser, scheduler and loop counters, but not the random generators that
+        # decide the next epoch's shuffling and augmentations; keep them so a resumed run repeats an unbroken one.
+        checkpoint[RNG_KEY] = _rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = (
+            checkpoint.get(CHECKPOINT_KEY, {}).get("data", {}).get("protocol", {}).get("train_labels_sha256")
+        )
+        now = self.description.get("data", {}).get("protocol", {}).get("train_labels_sha256")
+        if saved and now and saved != now:
+            raise ResumeError(
+                "the checkpoint was trained on other training labels than this run's (relabel_ratio, relabel.order, "
+                "seed or the dataset differ); resume with the settings the run started with"
+            )
+        self._resume_rng = checkpoint.get(RNG_KEY)
+
+    def on_train_start(self) -> None:
+        states = getattr(self, "_resume_rng", None)
+        if states is not None:
+            _set_rng_states(states)
+            self._resume_rng = None
+
+    # ---------------------------------------------------------------- non-finite guard
+    def _stop_if(self, bad: bool, what: str) -> None:
+        """Stop the run, on every process at once, after saving the current (still finite) weights."""
+        if not self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            return
+        step = self.trainer.global_step
+        callback = self.trainer.checkpoint_callback
+        folder = (
+            Path(callback.dirpath)
+            if callback is not None and callback.dirpath
+            else Path(self.trainer.default_root_dir)
+        )
+        path = folder / f"last-good-step{step}.ckpt"
+        self.trainer.save_checkpoint(path)
+        raise NonFiniteError(
+            f"step {step}: {what} is not finite (NaN or inf); stopped, the last good state is in {path} "
+            "(lower the learning rate, try trainer.gradient_clip_val or check the data)"
+        )
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad.isfinite().all() for p in self.parameters() if p.grad is not None]
+        self._stop_if(
+            bool(grads) and not bool(torch.stack(grads).all()), "a gradient"
+        )  # one sync, not one a tensor

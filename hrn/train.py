@@ -11,8 +11,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from hrn.app import CONF_DIR, apply_ratio_settings, build_data, build_module, report_errors
+from hrn.app import CONF_DIR, apply_ratio_settings, build_data, build_module, read_checkpoint, report_errors
 from hrn.io import write_json
+from hrn.lit import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg, data)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
 
-    trainer.fit(module, data.loader("train"), data.loader("val"), ckpt_path=cfg.get("ckpt_path"))
+    resume = cfg.get("ckpt_path")
+    if resume not in (None, "last"):
+        read_checkpoint(resume)  # one clear line for a missing, truncated or foreign file, before training
+    # weights_only=False: our checkpoints also hold the random-generator states and the run description
+    trainer.fit(module, data.loader("train"), data.loader("val"), ckpt_path=resume, weights_only=False)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     results = trainer.test(module, data.loader("test"), ckpt_path=best or None, weights_only=False)
     metrics = {k: float(v) for k, v in results[0].items()}

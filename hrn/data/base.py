@@ -7,6 +7,7 @@ A dataset of the package is a :class:`DataSplits`: a :class:`~hrn.hierarchy.Hier
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -89,13 +90,23 @@ class LabelledImages(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        """-> (image, target node index, i); the index lets metrics count every image exactly once."""
+    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int, int]:
+        """``key``: an index i, or ``(i, seed, epoch)`` from :class:`EpochShuffleSampler`, which draws the random
+        augmentation of sample i from its own generator seeded by (seed, epoch, i).
+
+        Returns (image, target node index, i); the index lets metrics count every image exactly once.
+        """
+        i, seed, epoch = key if isinstance(key, tuple) else (key, None, None)
         image = self.load(i)
         if self.degraded[i]:
             image = downsample(image, self.degrade_scale)
         if self.transform is not None:
-            image = self.transform(image)
+            if seed is None:
+                image = self.transform(image)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(hash((seed, epoch, i)) & 0x7FFF_FFFF_FFFF_FFFF)
+                    image = self.transform(image)
         return image, self.targets[i], i
 
     def labelled_at_level(self, hierarchy: Hierarchy) -> list[int]:
@@ -104,6 +115,33 @@ class LabelledImages(Dataset):
         for t in self.targets:
             counts[hierarchy.level_of(t) - 1] += 1
         return counts
+
+
+class EpochShuffleSampler(Sampler):
+    """Shuffles the training set as a function of (seed, epoch) only, and hands each sample its own augmentation
+    seed (keys ``(i, seed, epoch)``, see :class:`LabelledImages`).
+
+    The default shuffling draws from the global random generator whenever a loader iterator is created, and
+    Lightning creates them at different moments in a fresh and in a resumed run; with this sampler an epoch sees
+    the same images in the same order with the same augmentations however it was reached, with any number of
+    workers. Lightning calls ``set_epoch`` at the start of every epoch.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)) & 0x7FFF_FFFF_FFFF_FFFF)
+        for i in torch.randperm(self.num_samples, generator=generator).tolist():
+            yield (i, self.seed, self.epoch)
 
 
 @dataclass
@@ -118,6 +156,7 @@ class DataSplits:
     num_workers: int = 0
     name: str = "dataset"
     info: dict = field(default_factory=dict)  # what the checkpoint needs to rebuild the test transform
+    seed: int = 0  # training order and augmentations (set from the run's seed by the protocols)
 
     def loader(self, split: str, shuffle: bool | None = None) -> DataLoader:
         """A loader over ``split``; training shuffles and drops nothing, so every image counts."""
@@ -126,10 +165,11 @@ class DataSplits:
             raise DataError(
                 f"the {self.name} {split} split has no samples; check the dataset's split settings"
             )
+        shuffle = (split == "train") if shuffle is None else shuffle
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=(split == "train") if shuffle is None else shuffle,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -204,12 +244,15 @@ def apply_protocols(
         )
     if degrade_apply_to not in ("relabelled", "all"):
         raise DataError(f"degrade.apply_to={degrade_apply_to!r}: expected 'relabelled' or 'all'")
+    data.seed = seed
     train = data.train
     train.targets, changed = relabel(train.targets, data.hierarchy, relabel_ratio, relabel_order, seed)
     if degrade_scale < 1.0:
         train.degraded = [True] * len(train) if degrade_apply_to == "all" else list(changed)
         train.degrade_scale = float(degrade_scale)
     data.info["protocol"] = {
+        # identifies the training labels, so a resumed run can check it relabelled the same images
+        "train_labels_sha256": hashlib.sha256(repr((train.paths, train.targets)).encode()).hexdigest(),
         "relabel_ratio": float(relabel_ratio),
         "relabel_order": relabel_order,
         "relabelled": sum(changed),

@@ -1,0 +1,197 @@
+"""Reliability: atomic checkpoints, the non-finite guard, resume after SIGKILL, determinism."""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.data import DataLoader, TensorDataset
+
+from hrn import HRN, CompositeLoss, Hierarchy
+from hrn.app import CONF_DIR, CheckpointError, read_checkpoint
+from hrn.lit import AtomicCheckpointIO, HRNModule, NonFiniteError
+from hrn.losses import LossTerms
+from hrn.train import train
+from tests.test_train import TINY
+
+
+@pytest.fixture
+def tree() -> Hierarchy:
+    return Hierarchy.from_edges(
+        [("a", "b"), ("a", "c"), ("b", "d"), ("b", "e"), ("c", "f"), ("x", "y"), ("y", "z")]
+    )
+
+
+def test_atomic_checkpoint_io_never_leaves_a_half_file(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    good = path.read_bytes()
+
+    def killed(*args, **kwargs):  # the process dies between writing the temporary file and the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    assert path.read_bytes() == good  # the old checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+class PoisonedLoss(CompositeLoss):
+    """The composite loss, with one term replaced by NaN from a given call on."""
+
+    def __init__(self, h, from_call: int, term: str) -> None:
+        super().__init__(h)
+        self.calls, self.from_call, self.term = 0, from_call, term
+
+    def forward(self, output, targets):
+        terms = super().forward(output, targets)
+        self.calls += 1
+        if self.calls < self.from_call:
+            return terms
+        poisoned = dict(terms.terms)
+        poisoned[self.term] = poisoned[self.term] * float("nan")
+        return LossTerms(sum(poisoned.values()), poisoned)
+
+
+def _fit(h, loss, tmp_path, steps=5):
+    net = HRN(h, trunk="resnet18", width=16, dim=8)
+    module = HRNModule(net, loss, h, functools.partial(torch.optim.SGD, lr=0.01))
+    data = DataLoader(TensorDataset(torch.randn(8, 3, 32, 32), torch.tensor([5, 6, 7, 8] * 2)), batch_size=4)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
+        plugins=[AtomicCheckpointIO()],
+    )
+    trainer.fit(module, data)
+    return module
+
+
+def test_nan_loss_stops_with_step_and_term_after_saving_the_last_good_state(tree, tmp_path):
+    with pytest.raises(NonFiniteError, match=r"^step 2: the loss term 'leaf_ce' is not finite") as e:
+        _fit(tree, PoisonedLoss(tree, from_call=3, term="leaf_ce"), tmp_path)
+    assert "\n" not in str(e.value)
+    saved = tmp_path / "checkpoints" / "last-good-step2.ckpt"  # beside the run's other checkpoints
+    assert saved.is_file() and str(saved) in str(e.value)
+    state = torch.load(saved, weights_only=False)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+class InfGradLoss(CompositeLoss):
+    """A finite loss value whose gradient is NaN (sqrt at 0), from the second call on."""
+
+    def __init__(self, h) -> None:
+        super().__init__(h)
+        self.calls = 0
+
+    def forward(self, output, targets):
+        terms = super().forward(output, targets)
+        self.calls += 1
+        if self.calls >= 2:
+            bad = (output.leaf_logits * 0).sqrt().sum()  # value 0, gradient NaN
+            return LossTerms(terms.total + bad, terms.terms)
+        return terms
+
+
+def test_non_finite_gradient_stops_before_the_update(tree, tmp_path):
+    with pytest.raises(NonFiniteError, match=r"^step 1: a gradient is not finite"):
+        _fit(tree, InfGradLoss(tree), tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last-good-step1.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_resume_from_truncated_or_foreign_checkpoint_is_one_line(tmp_path):
+    cut = tmp_path / "cut.ckpt"
+    torch.save({"state_dict": {}, "hrn": {}}, cut)
+    cut.write_bytes(cut.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="cannot read the checkpoint .* truncated"):
+        read_checkpoint(cut)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"run_dir={tmp_path}", *TINY, f"ckpt_path={cut}"])
+    with pytest.raises(CheckpointError, match=f"ckpt_path={cut}: cannot read"):
+        train(cfg)
+
+
+# ---------------------------------------------------------------- determinism and resume (subprocesses)
+
+RUN = [
+    *TINY,
+    "dataset.train_per_leaf=40",
+    "trainer.max_epochs=3",
+    "trainer.deterministic=true",
+    "seed=7",
+    "relabel_ratio=0.5",
+    "relabel.order=random",
+]
+
+
+def _train_cli(run_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hrn.train", *RUN, f"hydra.run.dir={run_dir}", *extra],
+        cwd=run_dir.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_deterministic_runs_are_bit_identical(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run in (a, b):
+        proc = _train_cli(run)
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+    assert _metrics(a) == _metrics(b)  # exact float equality, not approx
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_an_unbroken_run(tmp_path):
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    proc = _train_cli(unbroken)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+
+    proc = _train_cli(broken)
+    last = broken / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 600
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the second epoch
+    assert proc.poll() is None, "the run ended before it could be killed mid-epoch"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (broken / "metrics.json").exists()
+
+    resumed = _train_cli(broken, "ckpt_path=last")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
+    a, b = _metrics(unbroken), _metrics(broken)
+    print("unbroken:", a)
+    print("resumed: ", b)
+    assert a == b
+
+
+@pytest.mark.slow
+def test_resume_with_other_training_labels_is_refused(tmp_path):
+    run = tmp_path / "run"
+    proc = _train_cli(run, "trainer.max_epochs=1")
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+    other = _train_cli(run, "ckpt_path=last", "seed=8", "trainer.max_epochs=2")
+    assert other.wait(timeout=600) == 2
+    assert "trained on other training labels" in other.stderr.read().strip().splitlines()[-1]
