@@ -76,7 +76,7 @@ def build_data(cfg: DictConfig) -> DataSplits:
     return data
 
 
-MODULE_KEYS = ("optimizer", "scheduler")  # keys of cfg.model that configure training, not the network
+MODULE_KEYS = ("optimizer", "scheduler", "compile")  # keys of cfg.model for training, not the network
 
 
 def net_config(cfg: DictConfig) -> dict:
@@ -100,7 +100,15 @@ def build_module(cfg: DictConfig, data: DataSplits):
         "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
         "data": {"name": data.name, **data.info},
     }
-    return HRNModule(net, loss, h, instantiate(cfg.model.optimizer), scheduler, description=description)
+    return HRNModule(
+        net,
+        loss,
+        h,
+        instantiate(cfg.model.optimizer),
+        scheduler,
+        description=description,
+        compile=bool(cfg.model.get("compile", False)),
+    )
 
 
 class CheckpointError(HRNError):

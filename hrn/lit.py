@@ -75,6 +75,7 @@ class HRNModule(L.LightningModule):
         scheduler: ``scheduler(optimizer) -> LRScheduler`` stepped once per epoch, or None.
         description: plain data saved in the checkpoint beside the tree (net settings, transforms), so a
             checkpoint describes itself.
+        compile: run the network through ``torch.compile`` (``model.compile=true``).
 
     Logged per stage: ``{stage}/loss`` and each loss term ``{stage}/loss_<term>``; ``{stage}/acc_l{l}`` for
     l = 1..L (sigmoid head for l < L, leaf softmax head for l = L) and ``{stage}/acc_leaf_sigmoid``. A sample
@@ -90,9 +91,12 @@ class HRNModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         description: dict | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.net = net
+        # torch.compile's wrapper is kept outside the module tree, so state dicts (and checkpoints) keep their keys
+        object.__setattr__(self, "_forward", torch.compile(net) if compile else net)
         self.loss = loss
         self.hierarchy = hierarchy
         self.optimizer_factory = optimizer
@@ -133,7 +137,7 @@ class HRNModule(L.LightningModule):
     def _step(self, batch, stage: str) -> torch.Tensor:
         images, targets = batch[0], batch[1]
         index = batch[2] if len(batch) > 2 else None  # dataset indices, to count each image once under DDP
-        output = self.net(images)
+        output = self._forward(images)
         terms = self.loss(output, targets)
         self._last_terms = terms.terms
         batch_size = targets.shape[0]

@@ -68,20 +68,28 @@ class TreeLoss(nn.Module):
         """(n_level,) local index of each node's parent in level - 1 (level >= 2)."""
         return getattr(self, f"parents_l{level}")
 
-    def log_marginals(self, scores: torch.Tensor) -> torch.Tensor:
-        """(B, N) scores -> (B, N) ``log P(v)`` for every node."""
+    def _check(self, scores: torch.Tensor) -> None:
         if scores.dim() != 2 or scores.shape[1] != sum(self.level_sizes):
             raise ValueError(
                 f"TreeLoss expects scores of shape (B, {sum(self.level_sizes)}), got {tuple(scores.shape)}"
             )
+
+    def _path_scores(self, scores: torch.Tensor) -> list[torch.Tensor]:
+        """(B, N) scores -> per level, (B, n_l) path scores ``c_v = s_v + c_parent(v)`` (a state's score)."""
+        self._check(scores)
         if scores.dtype in (torch.float16, torch.bfloat16):
             scores = scores.float()  # log-sum-exp over many nodes needs fp32 even under mixed precision
         per_level = list(torch.split(scores, self.level_sizes, dim=1))
-        paths = [per_level[0]]  # c_v, (B, n_l) per level
+        paths = [per_level[0]]
         for lvl in range(2, len(per_level) + 1):
             paths.append(per_level[lvl - 1] + paths[-1][:, self._parents(lvl)])
+        return paths
+
+    def log_marginals(self, scores: torch.Tensor) -> torch.Tensor:
+        """(B, N) scores -> (B, N) ``log P(v)`` for every node."""
+        paths = self._path_scores(scores)  # c_v per level
         subtree = [paths[-1]]  # A_v, filled from the leaves up
-        for lvl in range(len(per_level) - 1, 0, -1):
+        for lvl in range(len(paths) - 1, 0, -1):
             subtree.insert(
                 0,
                 _group_logsumexp(
@@ -103,8 +111,7 @@ class TreeLoss(nn.Module):
             scores: (B, N) concatenated per-level scores (sigmoid outputs in the paper, or raw logits).
             targets: (B,) long node indices, at any level.
         """
-        log_p = self.log_marginals(scores).gather(1, targets.view(-1, 1))
-        return -log_p.mean()
+        return -self.log_marginals(scores).gather(1, targets.view(-1, 1)).mean()
 
 
 class CompositeLoss(nn.Module):

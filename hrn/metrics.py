@@ -114,7 +114,8 @@ class HierarchicalMetrics(Metric):
         return out
 
     def compute(self) -> dict[str, torch.Tensor]:
-        if not self.target or (isinstance(self.target, torch.Tensor) and self.target.numel() == 0):
+        empty = len(self.target) == 0 if isinstance(self.target, list) else self.target.numel() == 0
+        if empty:  # (after a DDP sync the list states arrive as tensors)
             return {}
         s = self._gathered()
         target, preds = s["target"], s["preds"]

@@ -48,9 +48,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     results = trainer.test(module, data.loader("test"), ckpt_path=best or None, weights_only=False)
     metrics = {k: float(v) for k, v in results[0].items()}
-    write_json(Path(cfg.run_dir) / "metrics.json", metrics)
-    print(level_table(metrics, data.hierarchy.level_sizes))
-    print(f"metrics: {Path(cfg.run_dir) / 'metrics.json'}" + (f"  best checkpoint: {best}" if best else ""))
+    if trainer.is_global_zero:  # every process holds the same (gathered) metrics; one writes them
+        write_json(Path(cfg.run_dir) / "metrics.json", metrics)
+        print(level_table(metrics, data.hierarchy.level_sizes))
+        print(
+            f"metrics: {Path(cfg.run_dir) / 'metrics.json'}" + (f"  best checkpoint: {best}" if best else "")
+        )
     return metrics
 
 

@@ -1,0 +1,133 @@
+"""Speed and scale switches: bf16 and channels_last numerics, torch.compile wiring, DDP on CPU, the bench."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hrn import HRN, CompositeLoss, Hierarchy
+from hrn.bench import AuthorsTreeLoss, DenseTreeLoss, balanced_tree
+from hrn.bench import main as bench_main
+from hrn.losses import TreeLoss
+from tests import fixtures
+
+
+@pytest.fixture
+def tree() -> Hierarchy:
+    return Hierarchy.from_edges(
+        [("a", "b"), ("a", "c"), ("b", "d"), ("b", "e"), ("c", "f"), ("x", "y"), ("y", "z")]
+    )
+
+
+def _loss(net, h, images, targets, **autocast):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(autocast)):
+        return CompositeLoss(h)(net(images), targets).total
+
+
+def test_bf16_mixed_and_channels_last_stay_close_to_fp32(tree):
+    torch.manual_seed(0)
+    net = HRN(tree, trunk="resnet18", width=32, dim=16).eval()
+    images = torch.randn(4, 3, 64, 64)
+    targets = torch.tensor([5, 6, 2, 8])
+    fp32 = _loss(net, tree, images, targets)
+    bf16 = _loss(net, tree, images, targets, on=True)
+    assert torch.isfinite(bf16) and bf16.dtype == torch.float32  # the tree loss and CE run in fp32
+    assert bf16.item() == pytest.approx(fp32.item(), rel=0.05)
+    cl = HRN(tree, trunk="resnet18", width=32, dim=16, channels_last=True).eval()
+    cl.load_state_dict(net.state_dict())
+    torch.testing.assert_close(_loss(cl, tree, images, targets), fp32, rtol=1e-4, atol=1e-4)
+
+
+def test_compile_switch_keeps_checkpoint_keys(tree, monkeypatch):
+    from hrn.lit import HRNModule
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m: compiled.append(m) or m)  # the wiring, not the compiler
+    net = HRN(tree, trunk="resnet18", width=16, dim=8)
+    module = HRNModule(net, CompositeLoss(tree), tree, torch.optim.SGD, compile=True)
+    assert compiled == [net]
+    assert all(k.startswith(("net.", "loss.", "tree.")) for k in module.state_dict())
+
+
+def test_dense_formulations_agree_with_ours():
+    h = balanced_tree(300)
+    scores = torch.rand(8, h.num_nodes, dtype=torch.float64)
+    targets = torch.randint(0, h.num_nodes, (8,))
+    ours = TreeLoss(h)(scores, targets)
+    authors = AuthorsTreeLoss(h, torch.device("cpu"))
+    authors.states = authors.states.double()
+    torch.testing.assert_close(authors(scores, targets), ours)
+    dense = DenseTreeLoss(h, torch.device("cpu"))
+    dense.states_t = dense.states_t.double()
+    torch.testing.assert_close(dense(scores, targets), ours)
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_json(tmp_path):
+    result = bench_main(["--quick", "--out", str(tmp_path / "bench.json")])
+    on_disk = json.loads((tmp_path / "bench.json").read_text())
+    assert on_disk["quick"] is True and on_disk["machine"]["cores"] >= 1
+    assert [r["tree"] for r in result["tree_loss"]] == ["cub", "1k", "10k"]
+    assert all(r["ours_s"] > 0 for r in result["tree_loss"])
+    assert result["train_step"]["ratio_median"] > 1 and result["data"]["images_per_s_per_worker"] > 0
+
+
+def _run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
+    )
+
+
+@pytest.mark.slow
+def test_ddp_cpu_trains_and_reports_the_single_process_metrics(tmp_path):
+    """Two gloo processes train 2 steps; the test split has 5 images, so a DistributedSampler pads it to 6: the
+    reported numbers must still count 5 and equal a single-process evaluation of the same checkpoint."""
+    root = fixtures.write_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    small = [
+        "dataset=folder",
+        f"dataset.root={root}",
+        "dataset.resize=36",
+        "dataset.crop=32",
+        "dataset.num_workers=0",
+        "dataset.batch_size=2",
+        "model.trunk=resnet18",
+        "model.pretrained=false",
+        "model.width=32",
+        "model.dim=16",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+    trained = _run(
+        "hrn.train",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        *small,
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    ddp = json.loads((run / "metrics.json").read_text())
+    assert ddp["test/num_samples"] == 5
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    single = _run("hrn.evaluate", f"ckpt_path={best}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in (
+        "num_samples",
+        "acc_l1",
+        "acc_l2",
+        "acc_l3",
+        "acc_leaf_sigmoid",
+        "ap_micro",
+        "full_path_acc",
+        "consistency",
+        "mistake_severity",
+        "acc_l3_marginal",
+    ):
+        assert ddp[f"test/{key}"] == pytest.approx(one[f"test/{key}"], abs=1e-6), key
