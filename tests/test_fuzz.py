@@ -13,7 +13,9 @@ from hrn.data.folder import read_labels
 from hrn.errors import HRNError
 
 CASES = 400  # per test; the closing note reports the total
-FAST = settings(max_examples=CASES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=CASES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 names = st.text(alphabet=string.ascii_letters[:6] + " _-,\"'\n\x00é", min_size=0, max_size=4)
 edges = st.lists(st.tuples(names, names), max_size=14)
@@ -91,9 +93,11 @@ def test_tree_json_parsing(tmp_path_factory, payload):
 
 TREE = Hierarchy.from_edges([("Animal", "Bird"), ("Bird", "Crow"), ("Plant", "Tree"), ("Tree", "Oak")])
 labels_rows = st.lists(
-    st.tuples(st.sampled_from(["img/a.jpg", "", "x.png", "a,b"]),
-              st.sampled_from(["Crow", "Bird", "Animal", "Oak", "Maple", "", "crow"]),
-              st.sampled_from(["train", "val", "test", "", "TRAIN", "dev"])),
+    st.tuples(
+        st.sampled_from(["img/a.jpg", "", "x.png", "a,b"]),
+        st.sampled_from(["Crow", "Bird", "Animal", "Oak", "Maple", "", "crow"]),
+        st.sampled_from(["train", "val", "test", "", "TRAIN", "dev"]),
+    ),
     max_size=8,
 )
 headers = st.sampled_from(["path,label,split", "path,label", "path,label,split,extra", "file,label", ""])
