@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
 from hrn.app import CONF_DIR, apply_ratio_settings, build_data, build_module, read_checkpoint, report_errors
@@ -28,6 +30,16 @@ def level_table(metrics: dict[str, float], level_sizes: list[int], stage: str = 
     return "\n".join(rows)
 
 
+def keep_csv_logs(loggers: list) -> None:
+    """Lightning's CSV logger starts its metrics.csv afresh; when a run resumes, keep the rows logged before the
+    crash under another name instead of losing them."""
+    for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            old = Path(logger.log_dir) / "metrics.csv"
+            if old.is_file():
+                old.rename(old.with_name(f"metrics-before-resume-{time.strftime('%Y%m%d-%H%M%S')}.csv"))
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test one run described by ``cfg``; returns the flat test metrics (also in ``metrics.json``)."""
     cfg = apply_ratio_settings(cfg)
@@ -43,6 +55,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume = cfg.get("ckpt_path")
     if resume not in (None, "last"):
         read_checkpoint(resume)  # one clear line for a missing, truncated or foreign file, before training
+    if resume is not None:
+        keep_csv_logs(loggers)
     # weights_only=False: our checkpoints also hold the random-generator states and the run description
     trainer.fit(module, data.loader("train"), data.loader("val"), ckpt_path=resume, weights_only=False)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -181,6 +181,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_unbroken_run(tmp_path):
 
     resumed = _train_cli(broken, "ckpt_path=last")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
+    assert list((broken / "csv").glob("metrics-before-resume-*.csv")), "the logs before the kill were lost"
     a, b = _metrics(unbroken), _metrics(broken)
     print("unbroken:", a)
     print("resumed: ", b)
