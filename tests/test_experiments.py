@@ -90,3 +90,23 @@ def test_multirun_of_two_tiny_runs(tmp_path):
     for run in runs:
         assert "test/acc_l1" in json.loads((run / "metrics.json").read_text())
     assert "relabel_ratio=0.5" in (runs[1] / ".hydra" / "overrides.yaml").read_text()
+
+
+@pytest.mark.parametrize("loss", ["composite", "tree", "leaf_ce", "per_level_ce", "coarse_constraint"])
+def test_each_loss_trains_through_the_real_config(tmp_path, loss):
+    from hrn.train import train
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"run_dir={tmp_path}",
+                *TINY,
+                f"loss={loss}",
+                "relabel_ratio=0.5",
+                "trainer.fast_dev_run=true",
+            ],
+        )
+    metrics = train(cfg)
+    assert all(v == v for v in metrics.values())  # no NaN
+    assert metrics["test/num_samples"] == 16  # fast_dev_run tests one batch of 16
