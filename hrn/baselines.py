@@ -37,7 +37,7 @@ from torch import nn
 
 from hrn.hierarchy import Hierarchy
 from hrn.losses import LossTerms
-from hrn.model import TRUNKS, HRNOutput, ModelError, build_trunk
+from hrn.model import HRNOutput, ModelError, build_trunk, trunk_channels, trunk_param_groups
 
 __all__ = [
     "BaselineOutput",
@@ -113,10 +113,7 @@ class _TrunkNet(nn.Module):
         channels_last: bool,
     ) -> None:
         super().__init__()
-        channels = TRUNKS.get(trunk)
-        if channels is None:
-            raise ModelError(f"unknown trunk {trunk!r}; valid trunks: {', '.join(TRUNKS)}")
-        self.channels = channels
+        self.channels = trunk_channels(trunk)
         self.level_sizes = hierarchy.level_sizes
         self.trunk_lr_scale = trunk_lr_scale
         self.channels_last = channels_last
@@ -138,15 +135,7 @@ class _TrunkNet(nn.Module):
 
     def param_groups(self) -> list[dict]:
         """Optimiser groups as :meth:`hrn.model.HRN.param_groups`: trunk ``lr_scale = trunk_lr_scale``, head 1."""
-        trunk = set(map(id, self.trunk.parameters()))
-        return [
-            {"params": list(self.trunk.parameters()), "lr_scale": self.trunk_lr_scale, "name": "trunk"},
-            {
-                "params": [p for p in self.parameters() if id(p) not in trunk],
-                "lr_scale": 1.0,
-                "name": "heads",
-            },
-        ]
+        return trunk_param_groups(self, self.trunk_lr_scale)
 
 
 class _TargetsMixin(nn.Module):

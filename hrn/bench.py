@@ -14,6 +14,7 @@ Every figure comes with the machine (CPU model and cores, or GPU name) and the s
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -81,7 +82,7 @@ def machine(device: torch.device) -> dict:
     info = {
         "cpu": cpu,
         "cores": torch.get_num_threads(),
-        "logical_cpus": __import__("os").cpu_count(),
+        "logical_cpus": os.cpu_count(),
         "torch": torch.__version__,
         "device": str(device),
     }

@@ -39,7 +39,7 @@ from hrn.errors import HRNError
 from hrn.hierarchy import Hierarchy
 from hrn.io import atomic_write_bytes
 from hrn.losses import TreeLoss
-from hrn.predict import expand_images
+from hrn.predict import expand_images, greedy_path, pick_device
 
 __all__ = [
     "CAMError",
@@ -47,7 +47,6 @@ __all__ = [
     "LevelLogits",
     "LAYERS",
     "level_cams",
-    "target_path",
     "load_images",
     "plot_cams",
     "save_figure",
@@ -129,24 +128,6 @@ def _node_index(h: Hierarchy, name: str) -> int:
     return h.index(name)
 
 
-def target_path(marginals: torch.Tensor, h: Hierarchy, node: int | None = None) -> list[int]:
-    """The root-to-leaf path of nodes (global indices, one per level) that Grad-CAM explains.
-
-    ``node=None``: the predicted path, top-down by the (N,) tree marginals. A node index: its ancestors, the node,
-    then below it its most probable child at each level.
-    """
-    off = h.offsets
-    if node is None:
-        node = int(marginals[: off[1]].argmax())
-    path = [node]
-    while h.parent_of(path[0]) >= 0:
-        path.insert(0, h.parent_of(path[0]))
-    for lvl in range(len(path), h.num_levels):
-        children = (h.level_parents[lvl - 1] == path[-1] - off[lvl - 1]).nonzero().flatten() + off[lvl]
-        path.append(int(children[marginals[children].argmax()]))
-    return path
-
-
 def _device(net: nn.Module) -> torch.device:
     return next(net.parameters()).device
 
@@ -208,7 +189,7 @@ def level_cams(
     tree = TreeLoss(hierarchy).to(images.device)
     with torch.no_grad():
         marginals = tree.marginals(net(images).scores(tree_scores)).float().cpu()  # (B, N)
-    paths = torch.tensor([target_path(marginals[i], hierarchy, nodes[i]) for i in range(b)])  # (B, L)
+    paths = torch.tensor([greedy_path(marginals[i], hierarchy, nodes[i]) for i in range(b)])  # (B, L)
     off = hierarchy.offsets
     layers = net.feature_layers(layer)
     if layer == "gsb" and getattr(net, "gsbs", None) is None:
@@ -288,14 +269,6 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return Path(path)
 
 
-def _pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CAMError(f"device={device}: CUDA is not available here; use device=cpu or device=auto")
-    return torch.device(device)
-
-
 def gradcam(
     ckpt_path: str | Path,
     images,
@@ -321,7 +294,7 @@ def gradcam(
     paths = expand_images(images)
     data = meta.get("data", {})
     batch = load_images(paths, data.get("resize", 550), data.get("crop", 448), scale)
-    net = module.net.to(_pick_device(device))
+    net = module.net.to(pick_device(device))
     result = level_cams(net, batch, h, target, layer, module.tree_scores, batch_size)
     fig = plot_cams(batch, result, [p.name for p in paths])
     written = save_figure(fig, out)

@@ -321,11 +321,6 @@ class Hierarchy:
             out[: lvl - 1, lo:hi] = out[: lvl - 1, par]
         return out
 
-    @cached_property
-    def leaf_parent_level(self) -> torch.Tensor:
-        """(n_L,) long: global index of each leaf's parent (level L-1)."""
-        return self.parent[self.offsets[-2] :]
-
     def lca_height(self, a: int, b: int) -> int:
         """Height above the leaves of the lowest common ancestor of nodes a and b at the same level.
 

@@ -23,7 +23,7 @@ from torch import nn
 from hrn.errors import HRNError
 from hrn.hierarchy import Hierarchy
 
-__all__ = ["HRN", "HRNOutput", "TRUNKS", "ModelError"]
+__all__ = ["HRN", "HRNOutput", "TRUNKS", "ModelError", "trunk_channels", "trunk_param_groups"]
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,31 @@ class Projection(nn.Sequential):
         )
 
 
+def trunk_channels(name: str) -> int:
+    """C, the output channels of trunk ``name``; one line listing the valid trunks for an unknown name."""
+    if name not in TRUNKS:
+        raise ModelError(f"unknown trunk {name!r}; valid trunks: {', '.join(TRUNKS)}")
+    return TRUNKS[name]
+
+
+def trunk_param_groups(net: nn.Module, trunk_lr_scale: float) -> list[dict]:
+    """Optimiser groups of a network with a ``trunk``: the trunk with ``lr_scale = trunk_lr_scale`` (paper 0.1),
+    every other parameter with 1. The optimiser's base learning rate is multiplied by each group's ``lr_scale``
+    (see ``hrn.lit``)."""
+    trunk = set(map(id, net.trunk.parameters()))
+    return [
+        {"params": list(net.trunk.parameters()), "lr_scale": trunk_lr_scale, "name": "trunk"},
+        {"params": [p for p in net.parameters() if id(p) not in trunk], "lr_scale": 1.0, "name": "heads"},
+    ]
+
+
 def build_trunk(name: str, pretrained: bool = False, weights: str | Path | None = None) -> nn.Sequential:
     """A torchvision ResNet without ``avgpool`` and ``fc``: (B, 3, H, W) -> (B, C, H/32, W/32).
 
     ``pretrained=True`` loads torchvision's original ImageNet-1k weights (``IMAGENET1K_V1``, as the paper);
     ``weights`` loads a torchvision state dict from a file instead (offline machines).
     """
-    if name not in TRUNKS:
-        raise ModelError(f"unknown trunk {name!r}; valid trunks: {', '.join(TRUNKS)}")
+    trunk_channels(name)  # checks the name
     net = getattr(torchvision.models, name)(weights=None)
     if weights is not None:
         path = Path(weights)
@@ -162,9 +179,7 @@ class HRN(nn.Module):
         super().__init__()
         if combine not in COMBINES:
             raise ModelError(f"unknown combine {combine!r}; valid: {', '.join(COMBINES)}")
-        channels = TRUNKS.get(trunk)
-        if channels is None:
-            raise ModelError(f"unknown trunk {trunk!r}; valid trunks: {', '.join(TRUNKS)}")
+        channels = trunk_channels(trunk)
         width = width or channels // 2
         self.level_sizes = hierarchy.level_sizes
         self.combine = combine
@@ -216,16 +231,5 @@ class HRN(nn.Module):
         return [self.trunk[-1]] * len(self.level_sizes)
 
     def param_groups(self) -> list[dict]:
-        """Optimiser groups: the trunk with ``lr_scale = trunk_lr_scale`` (paper 0.1), the new layers with 1.
-
-        The optimiser's base learning rate is multiplied by each group's ``lr_scale`` (see ``hrn.lit``).
-        """
-        trunk = set(map(id, self.trunk.parameters()))
-        return [
-            {"params": list(self.trunk.parameters()), "lr_scale": self.trunk_lr_scale, "name": "trunk"},
-            {
-                "params": [p for p in self.parameters() if id(p) not in trunk],
-                "lr_scale": 1.0,
-                "name": "heads",
-            },
-        ]
+        """Optimiser groups: the trunk with ``lr_scale = trunk_lr_scale`` (paper 0.1), the new layers with 1."""
+        return trunk_param_groups(self, self.trunk_lr_scale)

@@ -28,6 +28,7 @@ from hrn.app import CONF_DIR, load_checkpoint, report_errors
 from hrn.data.base import DataError, build_transforms
 from hrn.data.files import ImageFiles
 from hrn.hierarchy import Hierarchy
+from hrn.model import ModelError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -59,16 +60,29 @@ def expand_images(spec: str | Iterable[str]) -> list[Path]:
     return out
 
 
-def greedy_path(marginals: torch.Tensor, h: Hierarchy) -> list[int]:
-    """(N,) marginals -> the top-down path of most probable nodes (global indices, one per level)."""
+def greedy_path(marginals: torch.Tensor, h: Hierarchy, node: int | None = None) -> list[int]:
+    """(N,) marginals -> a root-to-leaf path (global indices, one per level).
+
+    ``node=None``: the most probable level-1 node, then its most probable child, and so on (the prediction).
+    A node index: its ancestors, the node, then below it the most probable child at each level.
+    """
     off = h.offsets
-    pick = int(marginals[: off[1]].argmax())
-    path = [pick]
-    for lvl in range(1, h.num_levels):
-        children = (h.level_parents[lvl - 1] == pick - off[lvl - 1]).nonzero().flatten() + off[lvl]
-        pick = int(children[marginals[children].argmax()])
-        path.append(pick)
+    path = [int(marginals[: off[1]].argmax()) if node is None else node]
+    while h.parent_of(path[0]) >= 0:
+        path.insert(0, h.parent_of(path[0]))
+    for lvl in range(len(path), h.num_levels):
+        children = (h.level_parents[lvl - 1] == path[-1] - off[lvl - 1]).nonzero().flatten() + off[lvl]
+        path.append(int(children[marginals[children].argmax()]))
     return path
+
+
+def pick_device(device: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``; asking for CUDA where there is none is one line."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device={device}: CUDA is not available here; use device=cpu or device=auto")
+    return torch.device(device)
 
 
 def describe(path: Path, marginals: torch.Tensor, leaf_probs: torch.Tensor, h: Hierarchy, k: int) -> dict:
@@ -104,9 +118,7 @@ def predict(
     if top_k < 1:
         raise DataError(f"top_k={top_k}: must be at least 1")
     module, meta = load_checkpoint(ckpt_path)
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    )
+    dev = pick_device(device)
     module.to(dev)
     data = meta.get("data", {})
     transform = build_transforms(False, data.get("resize", 550), data.get("crop", 448))

@@ -14,7 +14,8 @@ from hrn import HRN
 from hrn.app import CONF_DIR, CheckpointError, load_checkpoint
 from hrn.data.base import DataError
 from hrn.data.synthetic import make_images, synthetic_hierarchy
-from hrn.gradcam import DPI, PANEL_INCHES, CAMError, gradcam, level_cams, load_images, target_path
+from hrn.gradcam import DPI, PANEL_INCHES, CAMError, gradcam, level_cams, load_images
+from hrn.predict import greedy_path
 from hrn.train import train
 from tests.test_train import TINY
 
@@ -82,7 +83,7 @@ def test_predicted_path_and_probabilities_are_the_tree_marginals(loaded):
         marginals = module.tree.marginals(module.net(batch).scores(module.tree_scores))
     for i in range(len(batch)):
         path = [h.index(result.nodes[lvl][i]) for lvl in range(3)]
-        assert path == target_path(marginals[i], h)
+        assert path == greedy_path(marginals[i], h)
         assert h.parent_of(path[1]) == path[0] and h.parent_of(path[2]) == path[1]
         assert path[0] == int(marginals[i, :3].argmax())  # the most probable level-1 node
         probs = [float(result.probs[lvl][i]) for lvl in range(3)]
