@@ -58,6 +58,32 @@ def test_stable_for_raw_logits_of_magnitude_100(small_tree):
     torch.testing.assert_close(value.double(), oracle, rtol=1e-5, atol=1e-3)
 
 
+def test_target_far_below_the_best_state_keeps_its_value_and_gradient(small_tree):
+    """P(target) ~ exp(-800) in fp32: the target's subtree is exponentiated against its own maximum, so its
+    mass neither underflows to 0 (loss inf) nor loses the gradient."""
+    n = small_tree.num_nodes
+    scores = torch.full((2, n), -400.0)
+    scores[:, small_tree.index("x")] = 400.0  # the x-branch holds all the mass
+    scores = scores.requires_grad_()
+    targets = torch.tensor([small_tree.index("b"), small_tree.index("d")])  # two levels, far from x
+    value = TreeLoss(small_tree)(scores, targets)
+    value.backward()
+    exact = scores.detach().double().requires_grad_()
+    oracle = -dense_log_marginals(small_tree, exact).gather(1, targets[:, None]).mean()
+    oracle.backward()
+    assert torch.isfinite(value) and value.item() > 700
+    torch.testing.assert_close(value.double(), oracle, rtol=1e-6, atol=0)
+    torch.testing.assert_close(scores.grad.double(), exact.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_backward_can_run_twice_with_retain_graph(small_tree):
+    scores = torch.randn(4, small_tree.num_nodes, requires_grad=True)
+    value = TreeLoss(small_tree)(scores, torch.tensor([0, 2, 4, 9]))
+    (first,) = torch.autograd.grad(value, scores, retain_graph=True)
+    (second,) = torch.autograd.grad(value, scores)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
 def test_half_precision_scores_are_computed_in_fp32(small_tree):
     scores = torch.randn(4, small_tree.num_nodes)
     t = torch.tensor([0, 3, 5, 9])
