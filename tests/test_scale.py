@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hrn import HRN, CompositeLoss, Hierarchy
-from hrn.bench import AuthorsTreeLoss, DenseTreeLoss, balanced_tree
+from hrn.bench import AuthorsTreeLoss, DenseTreeLoss, _interleaved, balanced_tree
 from hrn.bench import main as bench_main
 from hrn.losses import TreeLoss
 from tests import fixtures
@@ -67,12 +67,27 @@ def test_dense_formulations_agree_with_ours():
 
 
 @pytest.mark.slow
+def test_interleaved_timing_alternates_the_order_every_round():
+    calls = []
+    rounds = _interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, torch.device("cpu")
+    )
+    assert len(rounds) == 3 and all(set(r) == {"a", "b"} and min(r.values()) > 0 for r in rounds)
+    timed = calls[4:]  # after a warm-up and a calibration call of each
+    runs = [c for i, c in enumerate(timed) if i == 0 or timed[i - 1] != c]  # consecutive repeats collapsed
+    # rounds a|b, b|a, a|b: the flipped order merges neighbouring repeats, a fixed order would give a b a b a b
+    assert runs == ["a", "b", "a", "b"]
+
+
 def test_bench_quick_writes_json(tmp_path):
     result = bench_main(["--quick", "--out", str(tmp_path / "bench.json")])
     on_disk = json.loads((tmp_path / "bench.json").read_text())
     assert on_disk["quick"] is True and on_disk["machine"]["cores"] >= 1
     assert [r["tree"] for r in result["tree_loss"]] == ["cub", "1k", "10k"]
     assert all(r["ours_s"] > 0 for r in result["tree_loss"])
+    for r in result["tree_loss"]:  # speed-ups are medians of per-round ratios, reported with their spread
+        low, high = r["speedup_vs_dense_vectorised_range"]
+        assert r["rounds"] == 2 and low <= r["speedup_vs_dense_vectorised"] <= high
     assert result["train_step"]["ratio_median"] > 1 and result["data"]["images_per_s_per_worker"] > 0
 
 
