@@ -44,12 +44,10 @@ def _group_logsumexp(
     return shift + torch.log(total)
 
 
-def _state_scores(
-    scores: torch.Tensor, level_sizes: list[int], parents: list[torch.Tensor], out: torch.Tensor | None = None
-) -> torch.Tensor:
+def _state_scores(scores: torch.Tensor, level_sizes: list[int], parents: list[torch.Tensor]) -> torch.Tensor:
     """(B, N) node scores -> (B, N) state scores ``c_v = s_v + c_parent(v)``: the score of the state
     ``{v} ∪ ancestors(v)``, built top-down one level at a time (``parents[l]``: (n_{l+2},) local parent indices)."""
-    c = torch.empty_like(scores) if out is None else out
+    c = torch.empty_like(scores)
     s_levels, c_levels = scores.split(level_sizes, 1), c.split(level_sizes, 1)
     c_levels[0].copy_(s_levels[0])
     for lvl in range(1, len(level_sizes)):

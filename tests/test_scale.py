@@ -66,7 +66,6 @@ def test_dense_formulations_agree_with_ours():
     torch.testing.assert_close(dense(scores, targets), ours)
 
 
-@pytest.mark.slow
 def test_interleaved_timing_alternates_the_order_every_round():
     calls = []
     rounds = _interleaved(
@@ -79,6 +78,7 @@ def test_interleaved_timing_alternates_the_order_every_round():
     assert runs == ["a", "b", "a", "b"]
 
 
+@pytest.mark.slow
 def test_bench_quick_writes_json(tmp_path):
     result = bench_main(["--quick", "--out", str(tmp_path / "bench.json")])
     on_disk = json.loads((tmp_path / "bench.json").read_text())
