@@ -215,13 +215,9 @@ def bench_train_step(quick: bool, device: torch.device) -> dict:
         F.cross_entropy(plain(images), targets - h.offsets[-2]).backward()
         opt_plain.step()
 
-    hrn_times, plain_times = [], []
-    for fn in (hrn_step, plain_step):  # warm-up
-        fn()
-    for _ in range(pairs):
-        hrn_times.append(_time(hrn_step, 1, device))
-        plain_times.append(_time(plain_step, 1, device))
-    ratios = [a / b for a, b in zip(hrn_times, plain_times, strict=True)]
+    rounds = _interleaved({"hrn": hrn_step, "resnet50": plain_step}, pairs, device)
+    hrn_times, plain_times = [r["hrn"] for r in rounds], [r["resnet50"] for r in rounds]
+    ratios = [r["hrn"] / r["resnet50"] for r in rounds]
     return {
         "input": size,
         "batch": batch,

@@ -153,14 +153,12 @@ class TreeLoss(nn.Module):
     def log_marginals(self, scores: torch.Tensor) -> torch.Tensor:
         """(B, N) scores -> (B, N) ``log P(v)`` for every node."""
         scores = self._check(scores)
-        paths = _state_scores(scores, self.level_sizes, self._all_parents()).split(self.level_sizes, 1)
+        parents = self._all_parents()
+        paths = _state_scores(scores, self.level_sizes, parents).split(self.level_sizes, 1)
         subtree = [paths[-1]]  # A_v, filled from the leaves up
         for lvl in range(len(paths) - 1, 0, -1):
             subtree.insert(
-                0,
-                _group_logsumexp(
-                    subtree[0], self._parents(lvl + 1), self.level_sizes[lvl - 1], paths[lvl - 1]
-                ),
+                0, _group_logsumexp(subtree[0], parents[lvl - 1], self.level_sizes[lvl - 1], paths[lvl - 1])
             )
         top = subtree[0]
         log_z = torch.logsumexp(torch.cat([top.new_zeros(top.shape[0], 1), top], dim=1), dim=1, keepdim=True)
