@@ -6,11 +6,13 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install train test test-fast lint format bench clean
 
-# Re-installs only when pyproject.toml changed since the last install: a no-op in seconds otherwise.
-$(STAMP): pyproject.toml
+# Re-installs only when pyproject.toml or constraints.txt changed since the last install: a no-op otherwise.
+# constraints.txt holds the exact versions we test with (the local torch builds among them); pyproject.toml only
+# states the ranges users may install.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -29,7 +29,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# The Hydra configs ship inside the package (hrn/conf/, package data), so a wheel installed anywhere finds them;
+# a user's own folder composes on top with --config-dir.
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def _overlay(base: dict, over: dict) -> None:
@@ -46,7 +48,7 @@ def apply_ratio_settings(cfg: DictConfig) -> DictConfig:
     """Settings that an experiment applies only at one relabel ratio, under ``at_relabel_ratio.<ratio>``.
 
     The authors train differently at relabel ratio 0.9 (lr 1e-4 for all layers, StepLR(60, 0.1), 100 epochs):
-    ``conf/experiment/paper_*.yaml`` say so there, and a sweep over ratios picks it up by itself.
+    ``hrn/conf/experiment/paper_*.yaml`` say so there, and a sweep over ratios picks it up by itself.
     """
     cases = cfg.get("at_relabel_ratio") or {}
     match = [k for k in cases if math.isclose(float(k), float(cfg.relabel_ratio))]

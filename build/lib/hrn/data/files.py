@@ -1,0 +1,203 @@
+"""Image files on disk, shared by every real dataset: check them before training, load them, split a
+validation set off the training list, and turn a labelled file list into :class:`DataSplits`."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from hrn.data.base import DataError, DataSplits, LabelledImages, build_transforms
+from hrn.hierarchy import Hierarchy
+
+__all__ = ["Sample", "ImageFiles", "check_images", "split_off_validation", "make_splits", "shipped"]
+
+log = logging.getLogger(__name__)
+
+SHIPPED = Path(__file__).resolve().parent.parent / "trees"
+
+
+def shipped(name: str) -> Path:
+    """Path of a tree or list shipped with the package (``hrn/trees/``)."""
+    return SHIPPED / name
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image: its path and the node index of its label."""
+
+    path: Path
+    target: int
+
+
+class ImageFiles:
+    """``load(i)``: the i-th file as an RGB PIL image; a file that fails to decode names itself."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __call__(self, i: int) -> Image.Image:
+        path = self.paths[i]
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise DataError(f"{path}: cannot decode the image ({type(e).__name__}: {e})") from None
+
+
+def _decodes(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.verify()  # reads the headers and checks structure without a full decode
+        return True
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return False
+
+
+def check_images(samples: list[Sample], on_bad_image: str, what: str) -> tuple[list[Sample], int]:
+    """Check, before any training, that every listed image exists and decodes.
+
+    A missing file is always an error (the list and the folder disagree: a wrong ``root``, most likely). An
+    undecodable file is an error with ``on_bad_image="error"``; with ``"skip"`` it is dropped, counted and logged.
+    Returns the kept samples and the number skipped.
+    """
+    if on_bad_image not in ("error", "skip"):
+        raise DataError(f"dataset.on_bad_image={on_bad_image!r}: expected 'error' or 'skip'")
+    kept, skipped = [], 0
+    for s in samples:
+        if not s.path.is_file():
+            raise DataError(f"{s.path}: image listed in {what} but absent; check dataset.root")
+        if _decodes(s.path):
+            kept.append(s)
+        elif on_bad_image == "skip":
+            skipped += 1
+            log.warning("skipping undecodable image %s", s.path)
+        else:
+            raise DataError(
+                f"{s.path}: cannot decode the image; replace the file or set dataset.on_bad_image=skip"
+            )
+    if skipped:
+        log.warning("%s: skipped %d undecodable image(s)", what, skipped)
+    return kept, skipped
+
+
+def split_off_validation(
+    samples: list[Sample], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Hold out a seeded, per-class share of ``samples`` for validation: ``round(n · fraction)`` of each label's
+    n samples (at least one when the label has two or more). The rest keep their list order."""
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(
+            f"dataset.val_fraction={fraction!r} must be in [0, 1) (0 = validate on the test split)"
+        )
+    by_label: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_label.setdefault(s.target, []).append(i)
+    rng = random.Random(seed)
+    held: set[int] = set()
+    for label in sorted(by_label):
+        members = by_label[label]
+        k = round(len(members) * fraction)
+        if fraction > 0 and k == 0 and len(members) >= 2:
+            k = 1
+        held.update(rng.sample(members, k))
+    train = [s for i, s in enumerate(samples) if i not in held]
+    val = [s for i, s in enumerate(samples) if i in held]
+    return train, val
+
+
+def make_splits(
+    name: str,
+    hierarchy: Hierarchy,
+    train: list[Sample],
+    test: list[Sample],
+    *,
+    val: list[Sample] | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    on_bad_image: str = "error",
+    batch_size: int = 32,
+    num_workers: int = 4,
+    resize: int = 550,
+    crop: int = 448,
+    padding: int = 8,
+    source: str = "the dataset's index files",
+) -> DataSplits:
+    """Check the files, hold out validation (unless ``val`` is given) and build :class:`DataSplits`.
+
+    ``val_fraction=0`` validates on the test split, as the authors did (model selection on test).
+    """
+    for split, samples in (("train", train), ("test", test)):
+        if not samples:
+            raise DataError(f"the {name} {split} split has no samples; check {source}")
+    train, skipped_train = check_images(train, on_bad_image, source)
+    test, skipped_test = check_images(test, on_bad_image, source)
+    skipped = skipped_train + skipped_test
+    if val is None:
+        if val_fraction == 0:
+            val = test
+        else:
+            train, val = split_off_validation(train, val_fraction, split_seed)
+    else:
+        val, skipped_val = check_images(val, on_bad_image, source)
+        skipped += skipped_val
+    for split, samples in (("train", train), ("val", val), ("test", test)):
+        if not samples:
+            raise DataError(f"the {name} {split} split has no samples; check {source}")
+
+    def images(samples: list[Sample], is_train: bool) -> LabelledImages:
+        paths = [s.path for s in samples]
+        return LabelledImages(
+            ImageFiles(paths),
+            [s.target for s in samples],
+            [str(p) for p in paths],
+            build_transforms(is_train, resize, crop, padding),
+        )
+
+    test_images = images(test, False)
+    return DataSplits(
+        hierarchy,
+        images(train, True),
+        test_images if val is test else images(val, False),
+        test_images,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        name=name,
+        info={"resize": resize, "crop": crop, "skipped_images": skipped, "val_on_test": val is test},
+    )
+
+
+def read_pairs(path: Path, layout: str) -> list[tuple[str, str]]:
+    """Lines ``<key> <value ...>`` of an index file (the value may hold spaces). ``layout`` is named in the error
+    when the file is missing."""
+    if not path.is_file():
+        raise DataError(f"{path}: index file not found; expected {layout}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a readable UTF-8 text file ({e})") from None
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(maxsplit=1)
+        if len(parts) != 2:
+            raise DataError(f"{path}:{lineno}: expected '<key> <value>', found {line.strip()!r}")
+        out.append((parts[0], parts[1].strip()))
+    return out
+
+
+def order_by_list(samples: list[Sample], keys: list[str], order: list[str], what: str) -> list[Sample]:
+    """Reorder ``samples`` (keyed by ``keys``) as in the authors' ``order`` list; samples the list does not name
+    keep their own order after the listed ones. The relabel protocol keeps the *first* images of each class, so
+    this order decides which images lose their leaf label (``relabel.order=file``)."""
+    position = {k: i for i, k in enumerate(order)}
+    missing = sum(k not in position for k in keys)
+    if missing:
+        log.warning("%s: %d training image(s) are not in the authors' list; they go last", what, missing)
+    ranked = sorted(range(len(samples)), key=lambda i: (position.get(keys[i], len(position)), i))
+    return [samples[i] for i in ranked]

@@ -1,0 +1,271 @@
+"""The LightningModule: the one place that knows about Lightning.
+
+It is *given* its network, loss, optimiser and scheduler (the last two as partials, from Hydra's
+``_partial_: true``), so the same module trains HRN and the compared methods.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from hrn.errors import HRNError
+from hrn.hierarchy import Hierarchy
+from hrn.io import atomic_write_bytes
+from hrn.losses import TreeLoss
+from hrn.metrics import HierarchicalMetrics, level_predictions
+
+__all__ = ["HRNModule", "CHECKPOINT_KEY", "AtomicCheckpointIO", "NonFiniteError", "ResumeError"]
+
+CHECKPOINT_KEY = "hrn"  # the checkpoint's self-description lives under this key
+RNG_KEY = "hrn_rng"  # Python, NumPy and torch random states at save time, restored when training resumes
+
+
+class NonFiniteError(HRNError):
+    """A loss term or gradient became NaN or infinite; training stops after saving the last good state."""
+
+
+class ResumeError(HRNError):
+    """A checkpoint that cannot continue this run (its training labels differ)."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it into place, so a kill during a save never
+    leaves a truncated checkpoint where ``ckpt_path=last`` would find it."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+def _rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class HRNModule(L.LightningModule):
+    """Trains and evaluates a hierarchical classifier.
+
+    Args:
+        net: maps images (B, 3, H, W) to an :class:`hrn.model.HRNOutput`-like object (``sigmoid``, ``leaf_logits``).
+        loss: ``loss(output, targets) -> LossTerms`` (total and named terms).
+        hierarchy: the label tree the targets index into.
+        optimizer: ``optimizer(params) -> torch.optim.Optimizer``; the net's parameter groups carry an
+            ``lr_scale`` that multiplies the optimiser's learning rate (trunk 10x smaller in the paper).
+        scheduler: ``scheduler(optimizer) -> LRScheduler`` stepped once per epoch, or None.
+        description: plain data saved in the checkpoint beside the tree (net settings, transforms), so a
+            checkpoint describes itself.
+        compile: run the network through ``torch.compile`` (``model.compile=true``).
+
+    Logged per stage: ``{stage}/loss`` and each loss term ``{stage}/loss_<term>``; ``{stage}/acc_l{l}`` for
+    l = 1..L (sigmoid head for l < L, leaf softmax head for l = L) and ``{stage}/acc_leaf_sigmoid``. A sample
+    counts at level l only when its label is at level l or finer, so in training (relabelled data) only
+    leaf-labelled samples count for leaf accuracy.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        hierarchy: Hierarchy,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        description: dict | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        # torch.compile's wrapper is kept outside the module tree, so state dicts (and checkpoints) keep their keys
+        object.__setattr__(self, "_forward", torch.compile(net) if compile else net)
+        self.loss = loss
+        self.hierarchy = hierarchy
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.description = dict(description or {})
+        self.num_levels = hierarchy.num_levels
+        # (L, N): the level-l class implied by each label, -1 when the label is coarser than level l.
+        self.register_buffer("ancestor_at_level", hierarchy.ancestor_at_level, persistent=False)
+        # Training: running per-level accuracy. Validation and test: the full hierarchical metrics (hrn.metrics).
+        self.train_metrics = nn.ModuleDict(
+            {
+                f"acc_l{lvl}": MulticlassAccuracy(n, average="micro", ignore_index=-1)
+                for lvl, n in enumerate(hierarchy.level_sizes, start=1)
+            }
+        )
+        self.train_metrics["acc_leaf_sigmoid"] = MulticlassAccuracy(
+            hierarchy.level_sizes[-1], average="micro", ignore_index=-1
+        )
+        self.eval_metrics = nn.ModuleDict(
+            {stage: HierarchicalMetrics(hierarchy) for stage in ("val", "test")}
+        )
+        # Tree marginals for the marginal-based predictions, on the scores the loss uses.
+        self.tree = TreeLoss(hierarchy)
+        self.tree_scores = getattr(loss, "tree_scores", "sigmoid")
+        # Losses that train only the leaf head (flat baselines) answer coarse levels with the leaf's ancestors.
+        self.coarse_from_leaf = getattr(loss, "coarse_from_leaf", False)
+        self.leaf_offset = hierarchy.offsets[-2]
+
+    def forward(self, images: torch.Tensor):
+        return self.net(images)
+
+    def level_predictions(self, output) -> torch.Tensor:
+        """(B, L) local class predicted at each level: the paper's heads, or the leaf prediction's ancestors."""
+        if self.coarse_from_leaf:
+            return self.ancestor_at_level[:, output.leaf_logits.argmax(1) + self.leaf_offset].T
+        return level_predictions(output.sigmoid, output.leaf_logits)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        images, targets = batch[0], batch[1]
+        index = batch[2] if len(batch) > 2 else None  # dataset indices, to count each image once under DDP
+        output = self._forward(images)
+        terms = self.loss(output, targets)
+        self._last_terms = terms.terms
+        batch_size = targets.shape[0]
+        sync = stage != "train"
+        self.log(
+            f"{stage}/loss",
+            terms.total,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=sync,
+        )
+        for name, value in terms.terms.items():
+            self.log(
+                f"{stage}/loss_{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=batch_size,
+                sync_dist=sync,
+            )
+        if stage == "train":
+            level_targets = self.ancestor_at_level[:, targets]  # (L, B)
+            preds = self.level_predictions(output)  # (B, L)
+            for lvl in range(self.num_levels):
+                self.train_metrics[f"acc_l{lvl + 1}"](preds[:, lvl], level_targets[lvl])
+            self.train_metrics["acc_leaf_sigmoid"](output.sigmoid[-1].argmax(1), level_targets[-1])
+            for name, metric in self.train_metrics.items():
+                self.log(
+                    f"train/{name}",
+                    metric,
+                    on_step=False,
+                    on_epoch=True,
+                    prog_bar=name == "acc_l1",
+                    batch_size=batch_size,
+                )
+        else:
+            with torch.no_grad():
+                marginals = self.tree.marginals(output.scores(self.tree_scores))
+            self.eval_metrics[stage].update(
+                output.sigmoid, output.leaf_logits, marginals, targets, index, self.level_predictions(output)
+            )
+        return terms.total
+
+    def _log_eval(self, stage: str) -> None:
+        metric = self.eval_metrics[stage]
+        values = metric.compute()  # gathers all processes' samples and drops sampler padding: already global
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "acc_l1")
+        metric.reset()
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        finite = torch.stack([v.detach().isfinite() for v in self._last_terms.values()]).tolist()  # one sync
+        bad = [name for name, ok in zip(self._last_terms, finite, strict=True) if not ok]
+        self._stop_if(bool(bad), f"the loss term '{bad[0]}'" if bad else "")
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def configure_optimizers(self):
+        groups = (
+            self.net.param_groups() if hasattr(self.net, "param_groups") else [{"params": self.parameters()}]
+        )
+        optimizer = self.optimizer_factory(groups)
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"tree": self.hierarchy.to_dict(), **self.description}
+        # Lightning restores weights, optimiser, scheduler and loop counters, but not the random generators that
+        # decide the next epoch's shuffling and augmentations; keep them so a resumed run repeats an unbroken one.
+        checkpoint[RNG_KEY] = _rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = (
+            checkpoint.get(CHECKPOINT_KEY, {}).get("data", {}).get("protocol", {}).get("train_labels_sha256")
+        )
+        now = self.description.get("data", {}).get("protocol", {}).get("train_labels_sha256")
+        if saved and now and saved != now:
+            raise ResumeError(
+                "the checkpoint was trained on other training labels than this run's (relabel_ratio, relabel.order, "
+                "seed or the dataset differ); resume with the settings the run started with"
+            )
+        self._resume_rng = checkpoint.get(RNG_KEY)
+
+    def on_train_start(self) -> None:
+        states = getattr(self, "_resume_rng", None)
+        if states is not None:
+            _set_rng_states(states)
+            self._resume_rng = None
+
+    # ---------------------------------------------------------------- non-finite guard
+    def _stop_if(self, bad: bool, what: str) -> None:
+        """Stop the run, on every process at once, after saving the current (still finite) weights."""
+        if not self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            return
+        step = self.trainer.global_step
+        callback = self.trainer.checkpoint_callback
+        folder = (
+            Path(callback.dirpath)
+            if callback is not None and callback.dirpath
+            else Path(self.trainer.default_root_dir)
+        )
+        path = folder / f"last-good-step{step}.ckpt"
+        self.trainer.save_checkpoint(path)
+        raise NonFiniteError(
+            f"step {step}: {what} is not finite (NaN or inf); stopped, the last good state is in {path} "
+            "(lower the learning rate, try trainer.gradient_clip_val or check the data)"
+        )
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad.isfinite().all() for p in self.parameters() if p.grad is not None]
+        self._stop_if(
+            bool(grads) and not bool(torch.stack(grads).all()), "a gradient"
+        )  # one sync, not one a tensor
