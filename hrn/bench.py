@@ -15,6 +15,7 @@ Every figure comes with the machine (CPU model and cores, or GPU name) and the s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -26,9 +27,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
+from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
-from hrn.data.base import build_transforms
+from hrn.data.augment import normalize, reference_train_transform
 from hrn.data.files import ImageFiles, shipped
 from hrn.hierarchy import Hierarchy
 from hrn.io import write_json
@@ -231,30 +233,252 @@ def bench_train_step(quick: bool, device: torch.device) -> dict:
     }
 
 
-def bench_data(quick: bool) -> dict:
-    """Images/s through decode + the paper's training transform, one worker (the main process)."""
-    count = 8 if quick else 32
-    with tempfile.TemporaryDirectory() as folder:
-        paths = []
-        g = torch.Generator().manual_seed(0)
-        for i in range(count):  # CUB-like JPEGs: about 500 x 375
-            pixels = (torch.rand(375, 500, 3, generator=g) * 255).to(torch.uint8).numpy()
-            path = Path(folder) / f"{i}.jpg"
-            Image.fromarray(pixels).save(path, quality=90)
-            paths.append(path)
-        load = ImageFiles(paths)
-        transform = build_transforms(True, 550, 448, 8)
+def write_image_folder(
+    root: Path, train: int, test: int, classes: int = 200, size: tuple[int, int] = (500, 375), seed: int = 0
+) -> Path:
+    """A ``dataset=folder`` tree of CUB-like JPEGs (``size``, quality 90; smooth colour fields with fine noise, so
+    they compress and decode like photographs rather than like pure noise): ``classes`` leaves under
+    ``classes // 5`` parents, ``train`` + ``test`` images listed in ``labels.csv`` with their split."""
+    root.mkdir(parents=True, exist_ok=True)
+    parents = max(2, classes // 5)
+    edges = [f"p{c % parents},c{c}" for c in range(classes)]
+    (root / "tree.csv").write_text("parent,child\n" + "\n".join(edges) + "\n")
+    (root / "img").mkdir(exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    rows = ["path,label,split"]
+    for i in range(train + test):
+        coarse = torch.rand(1, 3, 8, 10, generator=g)
+        field_ = F.interpolate(coarse, size=(size[1], size[0]), mode="bicubic", align_corners=False)[0]
+        pixels = (field_ + 0.08 * torch.randn(field_.shape, generator=g)).clamp(0, 1).mul(255).to(torch.uint8)
+        rel = f"img/{i:05d}.jpg"
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(root / rel, quality=90)
+        rows.append(f"{rel},c{i % classes},{'train' if i < train else 'test'}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
 
-        def run() -> None:
-            for i in range(count):
-                transform(load(i))
 
-        seconds = _time(run, 1 if quick else 3, torch.device("cpu"))
+def _rate(loader, epochs: int) -> float:
+    """Images/s a loader delivers over its last of ``epochs`` passes (the first starts the workers and warms the
+    page cache)."""
+    rate = 0.0
+    for epoch in range(epochs):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        count, start = 0, time.perf_counter()
+        for batch in loader:
+            count += len(batch[1])
+        rate = count / (time.perf_counter() - start)
+    return rate
+
+
+class _PerImageFloat(torch.utils.data.Dataset):
+    """The pipeline before the cache (release 0.1): each worker decodes, resizes, crops, flips and normalises
+    every image to float on its own, and the loader moves float (3, 448, 448) images."""
+
+    def __init__(self, images) -> None:
+        self.images = images
+        self.files = ImageFiles([Path(p) for p in images.paths])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key):
+        i, seed, epoch = key
+        a = self.images.augment
+        image = reference_train_transform(self.files(i), a, a.params(seed, epoch, i))
+        return image, self.images.targets[i]
+
+
+def bench_data(quick: bool, device: torch.device, workers: int | None = None) -> dict:
+    """Images/s of the training loader at the paper's sizes (Resize 550 -> crop 448, batch 32) on a folder of
+    500 x 375 JPEGs, with no worker and with ``workers``: decoding every image every epoch (``dataset.cache=false``,
+    the PIL path) against the memory-mapped cache of resized images (``dataset.cache=true``), both delivering
+    uint8 crop windows; beside them the release-0.1 pipeline (float images made per image in the workers) and the
+    rate of the batch normalisation on ``device``."""
+    from torch.utils.data import DataLoader
+
+    from hrn.data.base import EpochShuffleSampler
+    from hrn.data.folder import folder
+
+    count = 48 if quick else 480
+    workers = workers if workers is not None else (2 if quick else min(8, max(1, (os.cpu_count() or 2) - 1)))
+    epochs = 1 if quick else 2
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_image_folder(Path(tmp) / "folder", count, 8, classes=8)
+        for w in sorted({0, workers}):
+            for cache in (False, True):
+                data = folder(
+                    str(root), batch_size=32, num_workers=w, resize=550, crop=448, cache=cache,
+                    cache_dir=str(Path(tmp) / "cache"), val_fraction=0,
+                )  # fmt: skip
+                start = time.perf_counter()
+                data.train.prepare()  # the cache's one-off build, timed apart
+                row = {"path": "cache" if cache else "pil", "workers": w}
+                row["images_per_s"] = _rate(data.loader("train"), epochs)
+                if cache:
+                    row["build_s"] = time.perf_counter() - start
+                rows.append(row)
+            previous = DataLoader(
+                _PerImageFloat(data.train), batch_size=32, num_workers=w, persistent_workers=w > 0,
+                sampler=EpochShuffleSampler(len(data.train)),
+            )  # fmt: skip
+            rows.append({"path": "pil_float", "workers": w, "images_per_s": _rate(previous, epochs)})
+        images = next(iter(data.loader("train"))).images.to(device)
+        seconds = statistics.median(
+            r["t"] for r in _interleaved({"t": lambda: normalize(images)}, 3 if quick else 10, device)
+        )
+    by = {(r["path"], r["workers"]): r["images_per_s"] for r in rows}
     return {
         "images": count,
         "source": "500x375 JPEG",
-        "transform": "Resize 550 -> RandomCrop 448 pad 8 -> flip -> Normalize",
-        "images_per_s_per_worker": count / seconds,
+        "sizes": "Resize 550 -> RandomCrop 448 pad 8 -> flip -> Normalize, batch 32",
+        "loaders": rows,
+        "cache_speedup": {str(w): by[("cache", w)] / by[("pil", w)] for w in sorted({0, workers})},
+        "transform_device": str(device),
+        "transform_images_per_s": len(images) / seconds,
+    }
+
+
+class EpochTimer(Callback):
+    """Records the wall time of every epoch, training and validation together (Lightning callback hooks, used by
+    ``--e2e`` through ``callbacks``). Seconds go to ``self.seconds`` and, one JSON line each, to ``out``."""
+
+    def __init__(self, out: str) -> None:
+        super().__init__()
+        self.out = out
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        _sync(module.device)
+        self._start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, module) -> None:
+        if trainer.sanity_checking or not hasattr(self, "_start"):
+            return
+        _sync(module.device)
+        self.seconds.append(time.perf_counter() - self._start)
+        with open(self.out, "a") as f:
+            f.write(json.dumps({"epoch": trainer.current_epoch, "seconds": self.seconds[-1]}) + "\n")
+
+
+def _step_rates(module, batch, device: torch.device, precision: str, repeats: int) -> tuple[float, float]:
+    """Images/s of the training step alone (forward, both losses, backward, SGD step) and of the evaluation
+    step (forward and tree marginals), on one batch kept on ``device``: what the model allows."""
+    module = module.to(device)
+    images = normalize(batch.images.to(device))
+    targets = batch.targets.to(device)
+    optimizer = torch.optim.SGD(module.parameters(), lr=1e-4, momentum=0.9)
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(**autocast):
+            loss = module.loss(module._forward(images), targets).total
+        loss.backward()
+        optimizer.step()
+
+    def eval_step() -> None:
+        with torch.no_grad(), torch.autocast(**autocast):
+            out = module._forward(images)
+            module.tree.marginals(out.scores(module.tree_scores))
+
+    module.train()
+    train_s = statistics.median(r["train"] for r in _interleaved({"train": train_step}, repeats, device))
+    module.eval()
+    eval_s = statistics.median(r["eval"] for r in _interleaved({"eval": eval_step}, repeats, device))
+    return images.shape[0] / train_s, images.shape[0] / eval_s
+
+
+def bench_e2e(
+    device: torch.device,
+    *,
+    train: int,
+    test: int,
+    resize: int,
+    crop: int,
+    batch: int,
+    trunk: str,
+    workers: int,
+    precision: str,
+    channels_last: bool,
+    compile: bool,
+    epochs: int = 3,
+) -> dict:
+    """The whole ``hrn.train`` epoch (loader + train steps + validation on the test split, as the paper's configs
+    do) against what the step alone allows: ``allowed_s = train / train rate + test / eval rate``; the figure
+    to report is ``ratio = allowed_s / epoch_s`` (1 = the loader costs nothing)."""
+    from hydra import compose, initialize_config_dir
+
+    from hrn.app import CONF_DIR, build_data, build_module
+    from hrn.train import train as run_train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        root = write_image_folder(tmp / "folder", train, test, classes=min(200, max(10, train // 30)))
+        generate_s = time.perf_counter() - start
+        overrides = [
+            f"run_dir={tmp / 'run'}",
+            "dataset=folder",
+            f"dataset.root={root}",
+            f"dataset.resize={resize}",
+            f"dataset.crop={crop}",
+            f"dataset.batch_size={batch}",
+            f"dataset.num_workers={workers}",
+            f"dataset.cache_dir={tmp / 'cache'}",
+            "dataset.val_fraction=0",  # validate on the test split, as the paper's configs
+            f"model.trunk={trunk}",
+            "model.pretrained=false",
+            f"model.channels_last={str(channels_last).lower()}",
+            f"model.compile={str(compile).lower()}",
+            f"trainer.precision={precision}",
+            f"trainer.max_epochs={epochs}",
+            "trainer.accelerator=" + ("gpu" if device.type == "cuda" else "cpu"),
+            "trainer.enable_progress_bar=false",
+            "~callbacks.progress_bar",
+            "callbacks.model_checkpoint.save_last=false",
+            "logger=csv",
+            f"+callbacks.epoch_timer._target_={__name__}.EpochTimer",
+            f"+callbacks.epoch_timer.out={tmp / 'epochs.jsonl'}",
+        ]
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        data = build_data(cfg)
+        start = time.perf_counter()
+        data.train.prepare()
+        data.test.prepare()
+        cache_s = time.perf_counter() - start
+        batch0 = next(iter(data.loader("train")))
+        train_rate, eval_rate = _step_rates(build_module(cfg, data), batch0, device, precision, 5)
+        run_train(cfg)
+        epoch_s = [json.loads(line)["seconds"] for line in (tmp / "epochs.jsonl").read_text().splitlines()]
+    allowed = train / train_rate + test / eval_rate
+    steady = statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else epoch_s[0]
+    return {
+        "setting": {
+            "train": train,
+            "test": test,
+            "resize": resize,
+            "crop": crop,
+            "batch": batch,
+            "trunk": trunk,
+            "workers": workers,
+            "precision": precision,
+            "channels_last": channels_last,
+            "compile": compile,
+        },  # fmt: skip
+        "generate_s": generate_s,
+        "cache_build_s": cache_s,
+        "step_alone": {
+            "train_images_per_s": train_rate,
+            "eval_images_per_s": eval_rate,
+            "allowed_epoch_s": allowed,
+        },
+        "epoch_s": epoch_s,
+        "steady_epoch_s": steady,
+        "e2e_train_images_per_s": train / (steady - test / eval_rate) if steady > test / eval_rate else None,
+        "ratio": allowed / steady,
     }
 
 
@@ -289,11 +513,33 @@ def table(result: dict) -> str:
         f"({t['hrn_images_per_s']:.1f} img/s), ResNet-50 {t['resnet50_s']:.3f} s "
         f"({t['resnet50_images_per_s']:.1f} img/s), median ratio {t['ratio_median']:.2f}",
     ]
-    d = result["data"]
+    return "\n".join(out)
+
+
+def data_table(d: dict) -> str:
+    out = [f"training loader, {d['images']} {d['source']} ({d['sizes']}): images/s"]
+    for r in d["loaders"]:
+        build = f"  (cache built in {r['build_s']:.1f} s)" if "build_s" in r else ""
+        out.append(f"  {r['path']:<6} {r['workers']} workers {r['images_per_s']:10.1f}{build}")
     out.append(
-        f"data pipeline: {d['images_per_s_per_worker']:.1f} images/s per worker ({d['source']}, {d['transform']})"
+        "  cache / pil: " + ", ".join(f"{x:.1f}x at {w} workers" for w, x in d["cache_speedup"].items())
     )
     return "\n".join(out)
+
+
+def e2e_table(e: dict) -> str:
+    s, a = e["setting"], e["step_alone"]
+    return "\n".join(
+        [
+            f"hrn.train end to end: {s['train']} train / {s['test']} test images, {s['trunk']}, "
+            f"{s['resize']} -> {s['crop']} px, batch {s['batch']}, {s['workers']} workers, {s['precision']}, "
+            f"channels_last={s['channels_last']}, compile={s['compile']}",
+            f"  step alone: train {a['train_images_per_s']:.1f} img/s, eval {a['eval_images_per_s']:.1f} img/s "
+            f"-> an epoch could take {a['allowed_epoch_s']:.1f} s",
+            "  epochs (train + validation): " + ", ".join(f"{x:.1f} s" for x in e["epoch_s"]),
+            f"  e2e / step alone: {e['ratio']:.2f}  (cache built in {e['cache_build_s']:.1f} s, once)",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -301,18 +547,40 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats: a smoke test")
     parser.add_argument("--out", default="bench.json", help="where to write the JSON (default: bench.json)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--e2e",
+        action="store_true",
+        help="only the end-to-end hrn.train epoch against the step alone: the paper's setting on a GPU "
+        "(ResNet-50, 550 -> 448 px, batch 32, bf16, channels_last, 6,000 / 5,800 images), a CPU-sized one on a CPU",
+    )
+    parser.add_argument("--compile", action="store_true", help="--e2e with model.compile=true")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="loader workers (default: cores - 1, at most 15)"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    result = {
-        "machine": machine(device),
-        "quick": args.quick,
-        "tree_loss": bench_tree_loss(args.quick, device),
-        "train_step": bench_train_step(args.quick, device),
-        "data": bench_data(args.quick),
-    }
+    result: dict = {"machine": machine(device), "quick": args.quick}
+    if args.e2e:
+        workers = args.workers if args.workers is not None else min(15, max(1, (os.cpu_count() or 2) - 1))
+        if device.type == "cuda":
+            sizes = dict(train=6000, test=5800, resize=550, crop=448, batch=32, trunk="resnet50")
+            speed = dict(precision="bf16-mixed", channels_last=True)
+        else:  # what a 2-core CPU gets through in minutes: the same pipeline, a small model and image
+            n = 64 if args.quick else 320
+            sizes = dict(train=n, test=n // 2, resize=128, crop=112, batch=16, trunk="resnet18")
+            speed = dict(precision="32-true", channels_last=False)
+        result["e2e"] = bench_e2e(
+            device, **sizes, **speed, workers=workers, compile=args.compile, epochs=2 if args.quick else 3
+        )
+        report = e2e_table(result["e2e"])
+    else:
+        result["tree_loss"] = bench_tree_loss(args.quick, device)
+        result["train_step"] = bench_train_step(args.quick, device)
+        result["data"] = bench_data(args.quick, device, args.workers)
+        report = table(result) + "\n" + data_table(result["data"])
     write_json(args.out, result)
-    print(table(result))
+    print(report)
     print(f"wrote {args.out}")
     return result
 

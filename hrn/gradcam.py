@@ -33,7 +33,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from hrn.app import CONF_DIR, load_checkpoint, report_errors
-from hrn.data.base import DataError, build_transforms, downsample
+from hrn.data.augment import eval_transform
+from hrn.data.base import DataError, downsample
 from hrn.data.files import ImageFiles
 from hrn.errors import HRNError
 from hrn.hierarchy import Hierarchy
@@ -218,7 +219,7 @@ def load_images(paths: Sequence[str | Path], resize: int, crop: int, scale: floa
     (bilinear, the paper's low-resolution protocol), so the network sees what the coarse levels still can."""
     if not 0 < scale <= 1:
         raise CAMError(f"scale={scale}: must be in (0, 1]")
-    transform = build_transforms(False, resize, crop)
+    transform = eval_transform(resize, crop)
     load = ImageFiles([Path(p) for p in paths])
     out = []
     for i in range(len(load.paths)):

@@ -18,6 +18,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from hrn.data.augment import normalize
+from hrn.data.base import Batch
 from hrn.errors import HRNError
 from hrn.hierarchy import Hierarchy
 from hrn.io import atomic_write_bytes
@@ -77,6 +79,10 @@ class HRNModule(L.LightningModule):
             checkpoint describes itself.
         compile: run the network through ``torch.compile`` (``model.compile=true``).
 
+    Batches are :class:`~hrn.data.base.Batch` es (images, targets, dataset indices) or plain tuples; uint8 images
+    (what the package's loaders yield, already cropped and flipped) are normalised to float once they are on the
+    training device.
+
     Logged per stage: ``{stage}/loss`` and each loss term ``{stage}/loss_<term>``; ``{stage}/acc_l{l}`` for
     l = 1..L (sigmoid head for l < L, leaf softmax head for l = L) and ``{stage}/acc_leaf_sigmoid``. A sample
     counts at level l only when its label is at level l or finer, so in training (relabelled data) only
@@ -127,6 +133,13 @@ class HRNModule(L.LightningModule):
 
     def forward(self, images: torch.Tensor):
         return self.net(images)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """uint8 images become float on the training device: a quarter of the bytes cross to it, and the float
+        work runs there on the whole batch."""
+        if isinstance(batch, Batch) and batch.images.dtype == torch.uint8:
+            return batch._replace(images=normalize(batch.images))
+        return batch
 
     def level_predictions(self, output) -> torch.Tensor:
         """(B, L) local class predicted at each level: the paper's heads, or the leaf prediction's ancestors."""

@@ -25,7 +25,8 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from hrn.app import CONF_DIR, load_checkpoint, report_errors
-from hrn.data.base import DataError, build_transforms
+from hrn.data.augment import eval_transform
+from hrn.data.base import DataError
 from hrn.data.files import ImageFiles
 from hrn.hierarchy import Hierarchy
 from hrn.model import ModelError
@@ -121,7 +122,7 @@ def predict(
     dev = pick_device(device)
     module.to(dev)
     data = meta.get("data", {})
-    transform = build_transforms(False, data.get("resize", 550), data.get("crop", 448))
+    transform = eval_transform(data.get("resize", 550), data.get("crop", 448))
     paths = expand_images(images)
     load = ImageFiles(paths)
     h = module.hierarchy

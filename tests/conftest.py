@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -41,6 +42,15 @@ def dense_log_marginals(h: Hierarchy, scores: torch.Tensor) -> torch.Tensor:
     for v in range(h.num_nodes):
         out.append(torch.logsumexp(log_p_state[:, contains[:, v]], dim=1))
     return torch.stack(out, dim=1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def image_cache_dir(tmp_path_factory):
+    """Image caches (``hrn.data.cache``) built by the tests go to a temporary folder, not the user's ~/.cache;
+    subprocesses inherit it through the environment."""
+    folder = tmp_path_factory.mktemp("hrn-cache")
+    os.environ["HRN_CACHE_DIR"] = str(folder)
+    return folder
 
 
 @pytest.fixture

@@ -37,11 +37,15 @@ def test_seeded_and_split_sizes():
         synthetic(train_per_leaf=4, val_per_leaf=2, test_per_leaf=3),
     )
     assert (len(a.train), len(a.val), len(a.test)) == (48, 24, 36)
-    torch.testing.assert_close(a.train.load(5), b.train.load(5))
-    assert not torch.equal(a.train.load(0), a.test.load(0))  # splits differ
+    torch.testing.assert_close(a.train.source(5), b.train.source(5))
+    assert not torch.equal(a.train.source(0), a.test.source(0))  # splits differ
     image, target, index = a.train[0]
-    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and target == a.hierarchy.offsets[-2]
-    assert index == 0
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8 and target == a.hierarchy.offsets[-2]
+    assert index == 0 and torch.equal(
+        image, a.train.source(0)
+    )  # an index key: the centre crop (all of it here)
+    image, _, index = a.train[(7, 0, 3)]  # a training key (i, seed, epoch): its own crop and flip
+    assert index == 7 and not torch.equal(image, a.train.source(7))
 
 
 def test_coarse_structure_survives_a_quarter_downsample_fine_detail_does_not():
@@ -118,11 +122,13 @@ def test_apply_protocols_relabels_and_degrades_train_only():
     assert data.info["protocol"]["relabelled"] == 60 and data.info["protocol"]["degraded"] == 60
     assert data.train.degraded == [not h.is_leaf(t) for t in data.train.targets]
     assert data.test.targets == test_targets and not any(data.test.degraded)
-    # a degraded image has lost its fine texture; a kept one has not
-    data.train.transform = None
-    sharp, _, _ = data.train[0]
-    blurred, _, _ = data.train[9]
-    assert sharp.shape == (3, 32, 32) and blurred.shape == (3, 8, 8)
+    # a degraded image was downsampled to 8 px, then resized back: its fine texture is gone, a kept one's is not
+    assert data.train.scale(0) == 1.0 and data.train.scale(9) == 0.25
+    sharp, blurred = data.train.source(0, data.train.scale(0)), data.train.source(9, data.train.scale(9))
+    assert sharp.shape == blurred.shape == (3, 32, 32)
+    assert texture_score(sharp[None]).abs() > 5 * texture_score(blurred[None]).abs()
+    batch = data.train.__getitems__([0, 9])  # the loader serves each at its own scale
+    assert torch.equal(batch.images, torch.stack([sharp, blurred]))
     apply_protocols(
         synthetic(train_per_leaf=2, val_per_leaf=1, test_per_leaf=1),
         degrade_scale=0.25,
@@ -136,7 +142,7 @@ def test_apply_protocols_relabels_and_degrades_train_only():
 
 def test_loader_counts_every_sample():
     data = synthetic(train_per_leaf=3, val_per_leaf=1, test_per_leaf=5, batch_size=7)  # 60 test, 7 ∤ 60
-    assert sum(len(t) for _, t, _ in data.loader("test")) == 60
+    assert sum(len(b.targets) for b in data.loader("test")) == 60
     data.val.targets, data.val.paths = [], []
     with pytest.raises(DataError, match="val split has no samples"):
         data.loader("val")

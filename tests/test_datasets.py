@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from hrn.data.aircraft import aircraft
-from hrn.data.base import DataError, apply_protocols
+from hrn.data.augment import resize_image
+from hrn.data.base import DataError, apply_protocols, downsample
 from hrn.data.cars import cars
 from hrn.data.cub import cub
 from hrn.data.files import shipped
@@ -57,8 +59,8 @@ def test_cub_layout(roots):
         order[str(Path(p).relative_to(roots["cub"] / "CUB_200_2011" / "images"))] for p in data.train.paths
     ]
     assert ranks == sorted(ranks)
-    image, target, index = data.train[0]
-    assert image.shape == (3, 16, 16) and h.is_leaf(target) and index == 0
+    image, target, index = data.train[0]  # the centre crop of the resized image
+    assert image.shape == (3, 16, 16) and image.dtype == torch.uint8 and h.is_leaf(target) and index == 0
 
 
 def test_val_fraction_holds_out_per_class(roots):
@@ -154,10 +156,14 @@ def test_degrade_on_cub(roots, apply_to, expected):
     data = cub(str(roots["cub"]), val_fraction=0, **SMALL)
     apply_protocols(data, relabel_ratio=0.5, degrade_scale=0.25, degrade_apply_to=apply_to)
     assert sum(data.train.degraded) == expected and not any(data.test.degraded)
-    data.train.transform = None
     i = data.train.degraded.index(True)
-    image, _, _ = data.train[i]
-    assert image.size == (4, 4)  # 16 px * 0.25, before the usual transforms bring it back to the crop size
+    assert data.train.scale(i) == 0.25
+    # the file downsampled by 0.25 (16 px -> 4 px), then resized as every image is (20 px), served from the cache
+    with Image.open(data.train.paths[i]) as im:
+        expected_image = resize_image(downsample(im.convert("RGB"), 0.25), 20)
+    assert torch.equal(data.train.source(i, data.train.scale(i)), expected_image)
+    data.train.prepare()
+    assert data.train.source.path(0.25).is_file()
 
 
 # ---------------------------------------------------------------- bad input: one clear line each
@@ -275,8 +281,17 @@ def test_bad_split_value_and_header(copy_of):
 
 
 def test_decode_failure_during_training_names_the_file(copy_of):
-    data = folder(str(copy_of("folder")), **SMALL)
+    data = folder(str(copy_of("folder")), cache=False, **SMALL)
     Path(data.train.paths[0]).write_bytes(b"broken after the check")
-    with pytest.raises(DataError, match="cannot decode the image"):
+    with pytest.raises(DataError, match=f"{data.train.paths[0]}: cannot decode the image"):
         data.train[0]
     assert torch.is_tensor(data.train[1][0])
+
+
+def test_decode_failure_while_caching_names_the_file(copy_of):
+    data = folder(str(copy_of("folder")), **SMALL)
+    Path(data.train.paths[0]).write_bytes(b"broken after the check")
+    with pytest.raises(DataError, match=f"{data.train.paths[0]}: cannot decode the image") as e:
+        data.loader("train")
+    assert "\n" not in str(e.value)
+    assert not list(data.train.source.folder.glob(".*.tmp"))  # the half-built cache is gone

@@ -10,6 +10,7 @@ import torchvision
 from hydra import compose, initialize_config_dir
 
 from hrn.app import CONF_DIR, build_data, build_module, report_errors
+from hrn.data.augment import default_padding
 from hrn.train import train
 from tests import fixtures
 
@@ -66,7 +67,8 @@ def test_real_datasets_default_to_the_paper_model(roots, tmp_path):
     assert cfg.model.trunk == "resnet50" and cfg.model.pretrained is True
     assert (cfg.dataset.resize, cfg.dataset.crop) == (20, 16)
     paper = make_cfg(tmp_path, "dataset=cub")
-    assert (paper.dataset.resize, paper.dataset.crop, paper.dataset.padding) == (550, 448, 8)
+    assert (paper.dataset.resize, paper.dataset.crop, paper.dataset.padding) == (550, 448, None)
+    assert default_padding(paper.dataset.crop) == 8  # padding=null: the paper's 8 px at 448
 
 
 def test_offline_imagenet_weights_say_how_to_fix(roots, tmp_path, monkeypatch, capsys):

@@ -88,7 +88,24 @@ def test_bench_quick_writes_json(tmp_path):
     for r in result["tree_loss"]:  # speed-ups are medians of per-round ratios, reported with their spread
         low, high = r["speedup_vs_dense_vectorised_range"]
         assert r["rounds"] == 2 and low <= r["speedup_vs_dense_vectorised"] <= high
-    assert result["train_step"]["ratio_median"] > 1 and result["data"]["images_per_s_per_worker"] > 0
+    assert result["train_step"]["ratio_median"] > 1
+    data = result["data"]
+    assert {(r["path"], r["workers"]) for r in data["loaders"]} == {
+        (path, w) for path in ("pil", "cache", "pil_float") for w in (0, 2)
+    }
+    assert all(r["images_per_s"] > 0 for r in data["loaders"]) and set(data["cache_speedup"]) == {"0", "2"}
+    assert data["transform_images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_e2e_times_whole_epochs_against_the_step_alone(tmp_path):
+    result = bench_main(["--e2e", "--quick", "--workers", "1", "--out", str(tmp_path / "e2e.json")])
+    e = json.loads((tmp_path / "e2e.json").read_text())["e2e"]
+    assert e["epoch_s"] == pytest.approx(result["e2e"]["epoch_s"])
+    assert e["setting"]["train"] == 64 and e["setting"]["test"] == 32 and len(e["epoch_s"]) == 2
+    alone = e["step_alone"]
+    assert alone["train_images_per_s"] > 0 and alone["eval_images_per_s"] > alone["train_images_per_s"] / 10
+    assert 0 < e["ratio"] == pytest.approx(alone["allowed_epoch_s"] / e["steady_epoch_s"])
 
 
 def _run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -1,8 +1,10 @@
-"""What every dataset shares: a labelled-image dataset, the paper's transforms and protocols, and the loaders.
+"""What every dataset shares: image sources, a labelled-image dataset, the paper's protocols and the loaders.
 
 A dataset of the package is a :class:`DataSplits`: a :class:`~hrn.hierarchy.Hierarchy` and three
-:class:`LabelledImages` (train / val / test) whose targets are node indices of that hierarchy. The protocols
-(relabel, degrade) act on the training split only; the test split is never relabelled or degraded.
+:class:`LabelledImages` (train / val / test) whose targets are node indices of that hierarchy, each serving its
+images through an :class:`ImageSource` as uint8 crop windows (:mod:`hrn.data.augment`); the normalisation to float
+happens on whole batches, on the training device. The protocols (relabel, degrade) act on the training split only; the
+test split is never relabelled or degraded.
 """
 
 from __future__ import annotations
@@ -11,25 +13,30 @@ import hashlib
 import logging
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from hrn.data.augment import Augment, resize_image, window
 from hrn.errors import HRNError
 from hrn.hierarchy import Hierarchy
 
 __all__ = [
+    "Batch",
     "DataError",
-    "LabelledImages",
     "DataSplits",
-    "build_transforms",
-    "relabel",
+    "ImageSource",
+    "LabelledImages",
+    "TensorImages",
     "check_relabel_ratio",
+    "relabel",
 ]
 
 log = logging.getLogger(__name__)
@@ -39,21 +46,6 @@ class DataError(HRNError):
     """Bad data or a bad data setting. One line, naming the file, key or value and how to fix it."""
 
 
-def build_transforms(train: bool, resize: int = 550, crop: int = 448, padding: int = 8, flip: bool = True):
-    """The paper's transforms (§4): train Resize(resize, resize) -> RandomCrop(crop, padding) -> flip ->
-    Normalize(0.5, 0.5); test Resize(resize, resize) -> CenterCrop(crop). PIL image or uint8 (3, H, W) tensor
-    -> float (3, crop, crop)."""
-    steps: list = [v2.ToImage(), v2.Resize((resize, resize), antialias=True)]
-    if train:
-        steps.append(v2.RandomCrop(crop, padding=padding) if padding else v2.RandomCrop(crop))
-        if flip:
-            steps.append(v2.RandomHorizontalFlip())
-    else:
-        steps.append(v2.CenterCrop(crop))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
-    return v2.Compose(steps)
-
-
 def downsample(image: Image.Image | torch.Tensor, scale: float) -> Image.Image | torch.Tensor:
     """Bilinear downsample by ``scale`` (the paper's low-resolution protocol), before the usual transforms."""
     h, w = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[-2:]
@@ -61,53 +53,150 @@ def downsample(image: Image.Image | torch.Tensor, scale: float) -> Image.Image |
     return TF.resize(image, size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
 
 
+class ImageSource:
+    """Where a split's images come from, already through the deterministic part of the transforms.
+
+    ``source(i, scale)`` -> uint8 (3, S, S): image i, first downsampled by ``scale`` when it is below 1 (the
+    degrade protocol), then resized to S x S (``size``). :meth:`windows` gives a batch of crop windows; a source
+    that can read a window without the whole image (the cache) overrides it. Subclasses serve the images from
+    memory, from image files or from the on-disk cache of the resized images.
+    """
+
+    size: int
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __call__(self, i: int, scale: float = 1.0) -> torch.Tensor:
+        raise NotImplementedError
+
+    def image(self, i: int, scale: float) -> np.ndarray | torch.Tensor:
+        """Image i at ``scale`` as an array (3, S, S) that :func:`~hrn.data.augment.window` can slice."""
+        return self(i, scale)
+
+    def windows(
+        self,
+        indices: Sequence[int],
+        scales: Sequence[float],
+        boxes: Sequence[tuple[int, int, int]],
+        augment: Augment,
+    ) -> torch.Tensor:
+        """uint8 (B, 3, crop, crop): the crop window ``boxes[j]`` of image ``indices[j]`` at ``scales[j]``."""
+        out = _batch_buffer((len(indices), 3, augment.crop, augment.crop))
+        rows = out.numpy()
+        for j, (i, s, box) in enumerate(zip(indices, scales, boxes, strict=True)):
+            window(self.image(i, s), box, augment, rows[j])
+        return out
+
+    def prepare(self, scales: set[float]) -> None:
+        """Get ready to serve these scales (a cache builds itself here); called once, before loading."""
+
+
+def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """An empty uint8 batch; in a loader worker, straight in shared memory, where the batch has to go anyway
+    (as PyTorch's own collate does), instead of a copy at hand-over."""
+    out = torch.empty(shape, dtype=torch.uint8)
+    return out.share_memory_() if get_worker_info() is not None else out
+
+
+class TensorImages(ImageSource):
+    """Images held in memory, uint8 (M, C, H, W) with C = 1 (grey) or 3: resized once, then a sample is a window
+    copy out of memory, whatever the number of workers."""
+
+    def __init__(self, images: torch.Tensor, size: int) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise ValueError("images must be uint8 (M, C, H, W) with C = 1 or 3")
+        self.images = images
+        self.size = size
+        same = tuple(images.shape[-2:]) == (size, size)
+        # antialiased bilinear on uint8, in chunks so the float intermediate stays small
+        self.resized = (
+            images
+            if same
+            else torch.cat([TF.resize(c, [size, size], antialias=True) for c in images.split(4096)])
+        )
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __call__(self, i: int, scale: float = 1.0) -> torch.Tensor:
+        if scale < 1.0:  # degraded images: made when asked, cheap at in-memory sizes
+            return resize_image(downsample(self.images[i], scale), self.size)
+        return self.resized[i].expand(3, -1, -1)  # a view: grey stays one channel in memory
+
+    def image(self, i: int, scale: float) -> np.ndarray:
+        return self(i, scale).numpy()
+
+
+class Batch(NamedTuple):
+    """What the loaders yield: uint8 images (B, 3, crop, crop), already cropped and flipped; they become float
+    through :func:`~hrn.data.augment.normalize` on the training device."""
+
+    images: torch.Tensor
+    targets: torch.Tensor  # (B,) long: node index of each label (any level)
+    index: torch.Tensor  # (B,) long: dataset index, so metrics count each image once under DDP
+
+
+def collated(batch: Batch) -> Batch:
+    """The loaders' collate function: :meth:`LabelledImages.__getitems__` already returns a whole batch."""
+    return batch
+
+
 class LabelledImages(Dataset):
-    """Images with one node label each: ``dataset[i] -> (image (3, crop, crop) float, target node index, i)``.
+    """Images with one node label each.
+
+    ``dataset[key]`` and, for a whole batch at once, ``dataset.__getitems__(keys)`` (which PyTorch's DataLoader
+    uses) give a :class:`Batch`. A key is an index i (evaluation: the centre crop) or ``(i, seed, epoch)`` from
+    :class:`EpochShuffleSampler` (training: the random crop and flip of sample i, drawn from those alone).
 
     Args:
-        load: ``load(i)`` returns sample i's image (PIL image or uint8 (3, H, W) tensor).
+        source: serves image i resized to (3, S, S).
         targets: node index of each sample's label (any level).
-        paths: a name per sample (file path, or a synthetic id), for predictions and error messages.
-        transform: applied after loading (and after degrading).
+        paths: a name per sample (file path, or an id), for predictions and error messages.
+        augment: the transform sizes; draws the training crop and flip.
     """
 
     def __init__(
-        self,
-        load: Callable[[int], Image.Image | torch.Tensor],
-        targets: Sequence[int],
-        paths: Sequence[str],
-        transform: Callable | None = None,
+        self, source: ImageSource, targets: Sequence[int], paths: Sequence[str], augment: Augment
     ) -> None:
-        if len(targets) != len(paths):
-            raise ValueError("targets and paths must have the same length")
-        self.load = load
+        if not len(targets) == len(paths) == len(source):
+            raise ValueError("source, targets and paths must have the same length")
+        if source.size != augment.resize:
+            raise ValueError("the source must serve images at augment.resize")
+        self.source = source
         self.targets = list(targets)
         self.paths = list(paths)
-        self.transform = transform
+        self.augment = augment
         self.degraded = [False] * len(self.targets)
         self.degrade_scale = 1.0
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int, int]:
-        """``key``: an index i, or ``(i, seed, epoch)`` from :class:`EpochShuffleSampler`, which draws the random
-        augmentation of sample i from its own generator seeded by (seed, epoch, i).
+    def scale(self, i: int) -> float:
+        """The downsampling factor of sample i (below 1 when the degrade protocol chose it)."""
+        return self.degrade_scale if self.degraded[i] else 1.0
 
-        Returns (image, target node index, i); the index lets metrics count every image exactly once.
-        """
-        i, seed, epoch = key if isinstance(key, tuple) else (key, None, None)
-        image = self.load(i)
-        if self.degraded[i]:
-            image = downsample(image, self.degrade_scale)
-        if self.transform is not None:
-            if seed is None:
-                image = self.transform(image)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(hash((seed, epoch, i)) & 0x7FFF_FFFF_FFFF_FFFF)
-                    image = self.transform(image)
-        return image, self.targets[i], i
+    def prepare(self) -> None:
+        """Let the source get ready for the scales this split uses (e.g. build the image cache)."""
+        self.source.prepare({self.scale(i) for i in range(len(self))})
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int, int]]) -> Batch:
+        a = self.augment
+        if keys and isinstance(keys[0], tuple):
+            index = [int(k[0]) for k in keys]
+            boxes = [a.params(seed, epoch, i) for i, seed, epoch in keys]
+        else:
+            index = [int(k) for k in keys]
+            boxes = [a.centre()] * len(index)
+        images = self.source.windows(index, [self.scale(i) for i in index], boxes, a)
+        targets = torch.tensor([self.targets[i] for i in index], dtype=torch.long)
+        return Batch(images, targets, torch.tensor(index, dtype=torch.long))
+
+    def __getitem__(self, key: int | tuple[int, int, int]) -> Batch:
+        """One sample: uint8 image (3, crop, crop), target and index."""
+        b = self.__getitems__([key])
+        return Batch(b.images[0], b.targets[0], b.index[0])
 
     def labelled_at_level(self, hierarchy: Hierarchy) -> list[int]:
         """How many samples carry a label at each level, coarse -> fine."""
@@ -146,31 +235,41 @@ class EpochShuffleSampler(Sampler):
 
 @dataclass
 class DataSplits:
-    """A hierarchy and its three splits, plus the loader settings. Built by each dataset's factory."""
+    """A hierarchy and its three splits, plus the transform sizes and loader settings. Built by each dataset's
+    factory."""
 
     hierarchy: Hierarchy
     train: LabelledImages
     val: LabelledImages
     test: LabelledImages
+    augment: Augment
     batch_size: int = 32
     num_workers: int = 0
     name: str = "dataset"
     info: dict = field(default_factory=dict)  # what the checkpoint needs to rebuild the test transform
     seed: int = 0  # training order and augmentations (set from the run's seed by the protocols)
 
+    def __post_init__(self) -> None:
+        a = self.augment
+        self.info.update(resize=a.resize, crop=a.crop, padding=a.padding)
+
     def loader(self, split: str, shuffle: bool | None = None) -> DataLoader:
-        """A loader over ``split``; training shuffles and drops nothing, so every image counts."""
+        """A loader over ``split`` yielding :class:`Batch` es of uint8 images (normalise them on the device:
+        :func:`~hrn.data.augment.normalize`); training shuffles, crops and flips as a function of (seed, epoch)
+        and drops nothing, so every image counts."""
         dataset = getattr(self, split)
         if len(dataset) == 0:
             raise DataError(
                 f"the {self.name} {split} split has no samples; check the dataset's split settings"
             )
+        dataset.prepare()
         shuffle = (split == "train") if shuffle is None else shuffle
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
+            collate_fn=collated,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )

@@ -81,7 +81,9 @@ def cars(
     num_workers: int = 4,
     resize: int = 550,
     crop: int = 448,
-    padding: int = 8,
+    padding: int | None = None,
+    cache: bool = True,
+    cache_dir: str | None = None,
     val_fraction: float = 0.1,
     split_seed: int = 0,
     on_bad_image: str = "error",
@@ -113,5 +115,7 @@ def cars(
         resize=resize,
         crop=crop,
         padding=padding,
+        cache=cache,
+        cache_dir=cache_dir,
         source=f"the Stanford Cars lists under {base}",
     )

@@ -56,7 +56,9 @@ def cub(
     num_workers: int = 4,
     resize: int = 550,
     crop: int = 448,
-    padding: int = 8,
+    padding: int | None = None,
+    cache: bool = True,
+    cache_dir: str | None = None,
     val_fraction: float = 0.1,
     split_seed: int = 0,
     on_bad_image: str = "error",
@@ -100,5 +102,7 @@ def cub(
         resize=resize,
         crop=crop,
         padding=padding,
+        cache=cache,
+        cache_dir=cache_dir,
         source=f"the index files under {base}",
     )

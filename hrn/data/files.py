@@ -1,5 +1,6 @@
-"""Image files on disk, shared by every real dataset: check them before training, load them, split a
-validation set off the training list, and turn a labelled file list into :class:`DataSplits`."""
+"""Image files on disk, shared by every real dataset: check them before training, decode and resize them (or read
+them from the image cache), split a validation set off the training list, and turn a labelled file list into
+:class:`DataSplits`."""
 
 from __future__ import annotations
 
@@ -9,12 +10,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from PIL import Image, UnidentifiedImageError
 
-from hrn.data.base import DataError, DataSplits, LabelledImages, build_transforms
+from hrn.data.augment import Augment, default_padding, resize_image
+from hrn.data.base import DataError, DataSplits, ImageSource, LabelledImages, downsample
+from hrn.data.cache import CachedFiles
 from hrn.hierarchy import Hierarchy
 
-__all__ = ["Sample", "ImageFiles", "check_images", "split_off_validation", "make_splits", "shipped"]
+__all__ = [
+    "DecodedFiles",
+    "ImageFiles",
+    "Sample",
+    "check_images",
+    "make_splits",
+    "shipped",
+    "split_off_validation",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +59,25 @@ class ImageFiles:
                 return im.convert("RGB")
         except (OSError, UnidentifiedImageError, ValueError) as e:
             raise DataError(f"{path}: cannot decode the image ({type(e).__name__}: {e})") from None
+
+
+class DecodedFiles(ImageSource):
+    """Decodes each image whenever it is asked for, then downsamples (degrade protocol) and resizes it to
+    (3, S, S): the reference path, and what the image cache (``hrn.data.cache``) stores."""
+
+    def __init__(self, paths: Sequence[Path], size: int) -> None:
+        self.files = ImageFiles(paths)
+        self.paths = self.files.paths
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __call__(self, i: int, scale: float = 1.0) -> torch.Tensor:
+        image = self.files(i)
+        if scale < 1.0:
+            image = downsample(image, scale)
+        return resize_image(image, self.size)
 
 
 def _decodes(path: Path) -> bool:
@@ -124,13 +155,18 @@ def make_splits(
     num_workers: int = 4,
     resize: int = 550,
     crop: int = 448,
-    padding: int = 8,
+    padding: int | None = None,
+    cache: bool = True,
+    cache_dir: str | None = None,
     source: str = "the dataset's index files",
 ) -> DataSplits:
     """Check the files, hold out validation (unless ``val`` is given) and build :class:`DataSplits`.
 
-    ``val_fraction=0`` validates on the test split, as the authors did (model selection on test).
+    ``val_fraction=0`` validates on the test split, as the authors did (model selection on test). ``padding=None``
+    scales the paper's 8 px at 448 with the crop. ``cache=True`` serves the resized images from the on-disk cache
+    (``hrn.data.cache``, in ``cache_dir``), built on first use; ``False`` decodes every image every epoch.
     """
+    augment = Augment(resize, crop, default_padding(crop) if padding is None else padding)
     for split, samples in (("train", train), ("test", test)):
         if not samples:
             raise DataError(f"the {name} {split} split has no samples; check {source}")
@@ -149,25 +185,24 @@ def make_splits(
         if not samples:
             raise DataError(f"the {name} {split} split has no samples; check {source}")
 
-    def images(samples: list[Sample], is_train: bool) -> LabelledImages:
+    def images(samples: list[Sample], split: str) -> LabelledImages:
         paths = [s.path for s in samples]
-        return LabelledImages(
-            ImageFiles(paths),
-            [s.target for s in samples],
-            [str(p) for p in paths],
-            build_transforms(is_train, resize, crop, padding),
-        )
+        files: ImageSource = DecodedFiles(paths, resize)
+        if cache:
+            files = CachedFiles(files, f"{name}-{split}", cache_dir, num_workers)
+        return LabelledImages(files, [s.target for s in samples], [str(p) for p in paths], augment)
 
-    test_images = images(test, False)
+    test_images = images(test, "test")
     return DataSplits(
         hierarchy,
-        images(train, True),
-        test_images if val is test else images(val, False),
+        images(train, "train"),
+        test_images if val is test else images(val, "val"),
         test_images,
+        augment,
         batch_size=batch_size,
         num_workers=num_workers,
         name=name,
-        info={"resize": resize, "crop": crop, "skipped_images": skipped, "val_on_test": val is test},
+        info={"skipped_images": skipped, "val_on_test": val is test},
     )
 
 

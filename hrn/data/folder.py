@@ -74,7 +74,9 @@ def folder(
     num_workers: int = 4,
     resize: int = 256,
     crop: int = 224,
-    padding: int = 8,
+    padding: int | None = None,
+    cache: bool = True,
+    cache_dir: str | None = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     split_seed: int = 0,
@@ -116,5 +118,7 @@ def folder(
         resize=resize,
         crop=crop,
         padding=padding,
+        cache=cache,
+        cache_dir=cache_dir,
         source=str(base / labels),
     )

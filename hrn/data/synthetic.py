@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from hrn.data.base import DataSplits, LabelledImages, build_transforms
+from hrn.data.augment import Augment
+from hrn.data.base import DataSplits, LabelledImages, TensorImages
 from hrn.hierarchy import Hierarchy
 
 __all__ = ["synthetic", "synthetic_hierarchy", "make_images"]
@@ -93,24 +94,18 @@ def synthetic(
     """
     h = synthetic_hierarchy()
     leaf0 = h.offsets[-2]
+    augment = Augment(resize, crop, padding)
     per_leaf = {"train": train_per_leaf, "val": val_per_leaf, "test": test_per_leaf}
     splits = {}
     for split, n in per_leaf.items():
         g = torch.Generator().manual_seed(seed * 1000 + _SPLIT_SEED[split])
         leaves = torch.arange(h.level_sizes[-1]).repeat_interleave(n)
-        images = make_images(leaves, image_size, g)
-        transform = build_transforms(split == "train", resize, crop, padding)
         splits[split] = LabelledImages(
-            load=images.__getitem__,
+            TensorImages(make_images(leaves, image_size, g), resize),
             targets=(leaves + leaf0).tolist(),
             paths=[f"synthetic/{split}/{i:05d}" for i in range(len(leaves))],
-            transform=transform,
+            augment=augment,
         )
     return DataSplits(
-        h,
-        **splits,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        name="synthetic",
-        info={"resize": resize, "crop": crop},
+        h, **splits, augment=augment, batch_size=batch_size, num_workers=num_workers, name="synthetic"
     )

@@ -1,0 +1,153 @@
+"""The paper's image transforms (design §4), split where it pays.
+
+    train: Resize(S, S) -> RandomCrop(crop, padding) -> RandomHorizontalFlip -> ToTensor -> Normalize(0.5, 0.5)
+    test:  Resize(S, S) -> CenterCrop(crop)                                   -> ToTensor -> Normalize(0.5, 0.5)
+
+Resize is deterministic, so every image source holds or makes images already resized, as uint8 (3, S, S):
+decoded per sample, read from the on-disk cache (``hrn.data.cache``) or held in memory. The crop and the flip
+are drawn per sample from (seed, epoch, index) alone (:meth:`Augment.params`), so an epoch repeats exactly
+however it was reached (resume, any number of workers), and applied while the image is read: :func:`window` copies
+just the crop window, mirrored when flipped, out of the resized image (from the cache's memory map that is the
+only read), so a loader moves uint8 (3, crop, crop), a third fewer bytes than the resized image and a quarter of
+the float one. The float work, :func:`normalize`, runs on whole batches on the training device.
+:func:`reference_train_transform` is the whole transform of one image with torchvision's own ops; the tests hold
+the two paths equal.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from hrn.errors import HRNError
+
+__all__ = [
+    "Augment",
+    "default_padding",
+    "eval_transform",
+    "normalize",
+    "reference_train_transform",
+    "resize_image",
+    "window",
+]
+
+MEAN = STD = 0.5  # Normalize(0.5, 0.5), as the authors
+
+
+def default_padding(crop: int) -> int:
+    """The crop padding when a config leaves it unset: the paper's 8 px at 448 px, scaled with the crop (1 px at
+    32 px, 4 px at 224 px). A fixed 8 px would shift a 32 px image by a quarter of its width."""
+    return max(1, round(8 * crop / 448))
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Sizes of the paper's transforms: images resized to ``resize`` x ``resize``; training crops ``crop`` x
+    ``crop`` at random from the image padded by ``padding`` on each side and flips half of them; testing takes the
+    centre crop."""
+
+    resize: int
+    crop: int
+    padding: int
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.crop > self.resize or min(self.crop, self.resize) < 1 or self.padding < 0:
+            raise HRNError(
+                f"dataset.crop={self.crop}, dataset.resize={self.resize}, dataset.padding={self.padding}: need "
+                "1 <= crop <= resize and padding >= 0 (the paper: resize 550, crop 448, padding 8)"
+            )
+
+    def params(self, seed: int, epoch: int, index: int) -> tuple[int, int, int]:
+        """(top, left, flip) of sample ``index`` in ``epoch``: crop offsets in the padded image, flip 0 or 1.
+
+        A function of its arguments alone (Python's hash of a tuple of ints does not vary between processes).
+        """
+        rng = random.Random(hash((seed, epoch, index)))
+        span = self.resize + 2 * self.padding - self.crop
+        return rng.randint(0, span), rng.randint(0, span), int(self.flip and rng.random() < 0.5)
+
+    def centre(self) -> tuple[int, int, int]:
+        """The test window: the centre crop (offsets rounded as torchvision's CenterCrop rounds them, shifted by
+        the padding that :func:`window` expects), no flip."""
+        offset = int(round((self.resize - self.crop) / 2.0)) + self.padding
+        return offset, offset, 0
+
+
+def window(
+    image: np.ndarray | torch.Tensor, box: tuple[int, int, int], augment: Augment, out: np.ndarray
+) -> np.ndarray:
+    """Copy the crop window ``box = (top, left, flip)`` (offsets in the padded image, see
+    :meth:`Augment.params`) of a resized image (3, S, S) into ``out`` (3, crop, crop) uint8, mirrored when
+    ``flip``; where the window reaches into the padding, zeros (as RandomCrop's default fill). Reads nothing
+    outside the window, so from a memory map this is the only read."""
+    top, left, flip = box
+    size, crop, pad = augment.resize, augment.crop, augment.padding
+    t0, l0 = top - pad, left - pad  # window origin in image coordinates (may be negative: padding)
+    r0, r1, c0, c1 = max(t0, 0), min(t0 + crop, size), max(l0, 0), min(l0 + crop, size)
+    if (r0, r1, c0, c1) != (t0, t0 + crop, l0, l0 + crop):
+        out[...] = 0
+    src = np.asarray(image[:, r0:r1, c0:c1])
+    dr0, dr1, dc0, dc1 = r0 - t0, r1 - t0, c0 - l0, c1 - l0
+    if flip:
+        src, dc0, dc1 = src[:, :, ::-1], crop - dc1, crop - dc0
+    out[:, dr0:dr1, dc0:dc1] = src
+    return out
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float (B, 3, H, W): ToDtype(scale=True) then Normalize(0.5, 0.5), the same float ops
+    in the same order (so the numbers equal torchvision's), in place after one conversion (out of place the
+    three ops cost four times as much on a CPU)."""
+    return images.to(torch.float32).mul_(1.0 / 255).sub_(MEAN).div_(STD)
+
+
+def resize_image(image: Image.Image | torch.Tensor, size: int) -> torch.Tensor:
+    """The deterministic Resize(size, size): a PIL image (PIL's antialiased bilinear, as torchvision does for PIL
+    input) or a uint8 (C, H, W) tensor -> uint8 (3, size, size); grey images get three equal channels."""
+    if isinstance(image, Image.Image):
+        if image.size != (size, size):
+            image = TF.resize(image, [size, size], antialias=True)
+        out = TF.pil_to_tensor(image.convert("RGB"))
+    else:
+        out = image
+        if tuple(out.shape[-2:]) != (size, size):
+            out = TF.resize(out, [size, size], antialias=True)
+        if out.shape[0] == 1:
+            out = out.expand(3, -1, -1)
+    return out.contiguous()
+
+
+def reference_train_transform(
+    image: Image.Image | torch.Tensor, augment: Augment, params: tuple[int, int, int]
+) -> torch.Tensor:
+    """The training transform of one image with torchvision's per-image ops, at given (top, left, flip): the
+    reference that :class:`BatchTransform` must equal. -> float (3, crop, crop)."""
+    top, left, flip = params
+    x = resize_image(image, augment.resize)
+    if augment.padding:
+        x = TF.pad(x, [augment.padding])
+    x = TF.crop(x, top, left, augment.crop, augment.crop)
+    if flip:
+        x = TF.horizontal_flip(x)
+    return TF.normalize(TF.to_dtype(x, torch.float32, scale=True), [MEAN] * 3, [STD] * 3)
+
+
+def eval_transform(resize: int = 550, crop: int = 448):
+    """The test transform of single images (``hrn.predict``, ``hrn.gradcam``): PIL image or uint8 (3, H, W)
+    tensor -> float (3, crop, crop). Resize(resize, resize) -> CenterCrop(crop) -> Normalize(0.5, 0.5)."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize((resize, resize), antialias=True),
+            v2.CenterCrop(crop),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([MEAN] * 3, [STD] * 3),
+        ]
+    )
