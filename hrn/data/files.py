@@ -3,6 +3,7 @@ validation set off the training list, and turn a labelled file list into :class:
 
 from __future__ import annotations
 
+import csv
 import logging
 import random
 from collections.abc import Sequence
@@ -14,7 +15,15 @@ from PIL import Image, UnidentifiedImageError
 from hrn.data.base import DataError, DataSplits, LabelledImages, build_transforms
 from hrn.hierarchy import Hierarchy
 
-__all__ = ["Sample", "ImageFiles", "check_images", "split_off_validation", "make_splits", "shipped"]
+__all__ = [
+    "Sample",
+    "ImageFiles",
+    "check_images",
+    "split_off_validation",
+    "make_splits",
+    "shipped",
+    "shipped_names",
+]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +33,16 @@ SHIPPED = Path(__file__).resolve().parent.parent / "trees"
 def shipped(name: str) -> Path:
     """Path of a tree or list shipped with the package (``hrn/trees/``)."""
     return SHIPPED / name
+
+
+def shipped_names(name: str) -> dict[str, str]:
+    """``node id -> name`` from a table shipped beside a tree (``hrn/trees/<name>``, header ``id,name``).
+
+    The authors' trees number their coarse nodes ("family_35"); the table keeps those ids beside the real names
+    so the tree CSV stays the authors' and every name can be traced back to its id.
+    """
+    with shipped(name).open(newline="", encoding="utf-8") as f:
+        return {row["id"]: row["name"] for row in csv.DictReader(f)}
 
 
 @dataclass(frozen=True)
