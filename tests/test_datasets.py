@@ -11,11 +11,12 @@ from PIL import Image
 from hrn.data.aircraft import aircraft
 from hrn.data.augment import resize_image
 from hrn.data.base import DataError, apply_protocols, downsample
-from hrn.data.cars import cars
-from hrn.data.cub import cub
-from hrn.data.files import shipped
+from hrn.data.cars import cars, cars_hierarchy
+from hrn.data.cub import cub, cub_hierarchy, species_name
+from hrn.data.files import read_pairs, shipped, shipped_names
 from hrn.data.folder import folder
 from hrn.errors import HRNError
+from hrn.hierarchy import Hierarchy
 from tests import fixtures
 
 SMALL = {"resize": 20, "crop": 16, "num_workers": 0}
@@ -49,10 +50,10 @@ def test_cub_layout(roots):
     assert "Black footed Albatross" in h.levels[2] and "Laysan Albatross" in h.levels[2]
     assert (len(data.train), len(data.test)) == (600, 200)
     assert data.val is data.test  # val_fraction=0 validates on test, as the authors did
-    # species 1 (Black-footed Albatross) is in family 35 of order 12, as the authors' CSV says
+    # species 1 (Black-footed Albatross) is in family 35 of order 12, as the authors' CSV says, under their names
     albatross = h.index("Black footed Albatross")
-    assert h.names[h.parent_of(albatross)] == "family_35"
-    assert h.names[h.parent_of(h.parent_of(albatross))] == "order_12"
+    assert h.names[h.parent_of(albatross)] == "Diomedeidae"
+    assert h.names[h.parent_of(h.parent_of(albatross))] == "Procellariiformes"
     # training images follow the authors' list order (images.txt in the fixture is sorted differently)
     order = {p: i for i, p in enumerate(shipped("cub_train_order.txt").read_text().split())}
     ranks = [
@@ -103,13 +104,145 @@ def test_cars_both_layouts(roots, layout):
     data = cars(str(roots[layout]), val_fraction=0, **SMALL)
     h = data.hierarchy
     assert h.level_sizes == [9, 196]
-    assert h.levels[0] == [f"type_{i}" for i in range(1, 10)]
+    assert h.levels[0] == [
+        "Cab",
+        "Convertible",
+        "Coupe",
+        "Hatchback",
+        "Minivan",
+        "Sedan",
+        "SUV",
+        "Van",
+        "Wagon",
+    ]
     assert "AM General Hummer SUV 2000" in h.levels[1]
     assert (len(data.train), len(data.test)) == (392, 196)
-    assert h.names[h.parent_of(h.index("AM General Hummer SUV 2000"))] == "type_7"  # model 1 -> type 7
+    assert h.names[h.parent_of(h.index("AM General Hummer SUV 2000"))] == "SUV"  # model 1 -> type 7
     # types hold 18/26/34/13/7/50/35/6/7 models
     sizes = [sum(h.parent_of(h.index(m)) == t for m in h.levels[1]) for t in range(9)]
     assert sizes == [18, 26, 34, 13, 7, 50, 35, 6, 7]
+
+
+def back_to_ids(named: Hierarchy, ids: dict[str, str]) -> Hierarchy:
+    """The named tree with every name mapped back to the authors' id (``ids``: name -> id, leaves included)."""
+    assert set(named.names) <= set(ids), sorted(set(named.names) - set(ids))[:5]
+    return Hierarchy.from_edges([(ids[p], ids[c]) for p, c in named.edges])
+
+
+def check_names_table(table: dict[str, str], id_tree: Hierarchy, leaves: set[str]) -> None:
+    """The table names every coarse node of the id tree once, with no id left as a name and no name shared with
+    another node: a leaf's or another coarse node's."""
+    coarse = {n for level in id_tree.levels[:-1] for n in level}
+    assert set(table) == coarse
+    names = list(table.values())
+    assert len(set(names)) == len(names)
+    assert not set(names) & leaves
+    assert not any(n.startswith(("order_", "family_", "type_")) for n in names)
+
+
+def test_cub_names_leave_the_authors_tree_unchanged(roots):
+    classes = roots["cub"] / "CUB_200_2011" / "classes.txt"
+    named = cub_hierarchy(classes)
+    id_tree = Hierarchy.from_csv(shipped("cub.csv"))
+    table = shipped_names("cub_names.csv")
+    species = {species_name(folder): cid for cid, folder in read_pairs(classes, "classes.txt")}
+    check_names_table(table, id_tree, set(species))
+    back = back_to_ids(named, {name: i for i, name in table.items()} | species)
+    assert back == id_tree  # same edges, same node order: checkpoints' output indices keep their meaning
+    assert back.levels == id_tree.levels and named.level_sizes == [13, 38, 200]
+
+
+# One species of each of the 38 families, under its order: with the tree's structure checked against the authors'
+# ids above, this pins every name to the right node (a line shifted in cub_names.csv fails here).
+CUB_TAXA = {
+    "Anseriformes": {"Anatidae": "Mallard"},
+    "Apodiformes": {"Trochilidae": "Anna Hummingbird"},
+    "Caprimulgiformes": {"Caprimulgidae": "Whip poor Will"},
+    "Charadriiformes": {
+        "Alcidae": "Horned Puffin",
+        "Laridae": "Caspian Tern",
+        "Stercorariidae": "Pomarine Jaeger",
+    },
+    # The authors' one oddity, kept: the kittiwake (a gull) is a family of its own under the kingfishers' order,
+    # named apart from the gulls' "Laridae".
+    "Coraciiformes": {"Alcedinidae": "Belted Kingfisher", "Laridae (kittiwake)": "Red legged Kittiwake"},
+    "Cuculiformes": {"Cuculidae": "Geococcyx"},
+    "Gaviiformes": {"Gaviidae": "Pacific Loon"},
+    "Passeriformes": {
+        "Alaudidae": "Horned Lark",
+        "Bombycillidae": "Cedar Waxwing",
+        "Cardinalidae": "Scarlet Tanager",
+        "Certhiidae": "Brown Creeper",
+        "Corvidae": "Blue Jay",
+        "Fringillidae": "Evening Grosbeak",
+        "Hirundinidae": "Barn Swallow",
+        "Icteridae": "Bobolink",
+        "Icteriidae": "Yellow breasted Chat",
+        "Laniidae": "Loggerhead Shrike",
+        "Mimidae": "Gray Catbird",
+        "Motacillidae": "American Pipit",
+        "Parulidae": "Ovenbird",
+        "Passerellidae": "Dark eyed Junco",
+        "Passeridae": "House Sparrow",
+        "Ptilonorhynchidae": "Spotted Catbird",
+        "Sittidae": "White breasted Nuthatch",
+        "Sturnidae": "Cape Glossy Starling",
+        "Troglodytidae": "Cactus Wren",
+        "Tyrannidae": "Sayornis",
+        "Vireonidae": "Red eyed Vireo",
+    },
+    "Pelecaniformes": {"Pelecanidae": "Brown Pelican"},
+    "Piciformes": {"Picidae": "Northern Flicker"},
+    "Podicipediformes": {"Podicipedidae": "Western Grebe"},
+    "Procellariiformes": {"Diomedeidae": "Sooty Albatross", "Procellariidae": "Northern Fulmar"},
+    "Suliformes": {"Phalacrocoracidae": "Pelagic Cormorant", "Fregatidae": "Frigatebird"},
+}
+
+
+def test_cub_names_follow_the_species(roots):
+    h = cub_hierarchy(roots["cub"] / "CUB_200_2011" / "classes.txt")
+    assert h.levels[0] == list(CUB_TAXA)  # the authors' order ids are the orders' alphabetical order
+    assert h.levels[1] == [fam for families in CUB_TAXA.values() for fam in families]
+    for order, families in CUB_TAXA.items():
+        for fam, species in families.items():
+            assert h.names[h.parent_of(h.index(species))] == fam, species
+            assert h.names[h.parent_of(h.index(fam))] == order, fam
+
+
+def test_cars_names_leave_the_authors_tree_unchanged():
+    id_tree = Hierarchy.from_csv(shipped("cars.csv"))
+    models = {model: rel.split("/")[0].replace("_", " ") for rel, model in fixtures.cars_rows("train", 1)}
+    named = cars_hierarchy(models, "the shipped lists")
+    table = shipped_names("cars_names.csv")
+    check_names_table(table, id_tree, set(models.values()))
+    back = back_to_ids(named, {name: i for i, name in table.items()} | {n: m for m, n in models.items()})
+    assert back == id_tree and back.levels == id_tree.levels
+
+
+def test_cars_types_are_the_body_type_words():
+    """A model whose name ends in a body-type word sits under that type, with one exception in the authors' tree;
+    most of each type's models carry its word."""
+    models = {model: rel.split("/")[0].split("_") for rel, model in fixtures.cars_rows("train", 1)}
+    named = cars_hierarchy({m: " ".join(w) for m, w in models.items()}, "the shipped lists")
+    carrying = dict.fromkeys(named.levels[0], 0)
+    for words in models.values():
+        name, body = " ".join(words), words[-2]  # the last word is the year
+        body = "Cab" if body.endswith("Cab") else body  # "Regular Cab", "SuperCab"
+        kind = named.names[named.parent_of(named.index(name))]
+        if body in carrying:
+            assert kind == body or (name, kind) == ("Ford E-Series Wagon Van 2012", "Wagon"), name
+        carrying[kind] += kind in words or (kind == "Cab" and body == "Cab")
+    assert carrying == {
+        "Cab": 18,
+        "Convertible": 26,
+        "Coupe": 26,
+        "Hatchback": 13,
+        "Minivan": 6,
+        "Sedan": 46,
+        "SUV": 34,
+        "Van": 6,
+        "Wagon": 7,
+    }  # of 18/26/34/13/7/50/35/6/7
 
 
 def test_folder_with_split_column_and_coarse_labels(roots):

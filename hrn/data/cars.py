@@ -12,8 +12,13 @@ Two layouts are accepted under ``root``:
    shipped with the package (``hrn/trees/cars_{train,test}.txt``).
 
 The tree ships with the package (``hrn/trees/cars.csv``, from the HRN authors' ``hrn_model_type.csv``,
-Apache-2.0). Models are named by the dataset (devkit class names, or class folders with '_' -> ' '); the source
-gives no type names, so types are "type_1" ... "type_9".
+Apache-2.0, in their ids). Models are named by the dataset (devkit class names, or class folders with '_' -> ' ').
+The source gives no type names; ``hrn/trees/cars_names.csv`` names the nine types by the body-type word that Stanford
+Cars puts at the end of its class names ("Ford F-150 Regular Cab 2012", "BMW X3 SUV 2012"): type_1 ... type_9 are
+Cab (pickups), Convertible, Coupe, Hatchback, Minivan, Sedan, SUV, Van and Wagon, in the words' alphabetical order.
+Every model whose name ends (before the year) in one of these words sits under that word's type, except "Ford
+E-Series Wagon Van 2012" (under Wagon); the 14 names with no such word are two-door sports models (under Coupe),
+four-door performance sedans (Sedan), the Chevrolet TrailBlazer SS (SUV) and the Chevrolet HHR SS (Minivan).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import logging
 from pathlib import Path
 
 from hrn.data.base import DataError, DataSplits
-from hrn.data.files import Sample, make_splits, read_pairs, shipped
+from hrn.data.files import Sample, make_splits, read_pairs, shipped, shipped_names
 from hrn.hierarchy import Hierarchy
 
 __all__ = ["cars"]
@@ -44,7 +49,8 @@ def cars_hierarchy(model_names: dict[str, str], where: str) -> Hierarchy:
         raise DataError(
             f"{where}: model id(s) {', '.join(absent[:5])} have no class name; expected 196 models"
         )
-    return Hierarchy.from_edges([(t, model_names[m]) for t, m in edges])
+    types = shipped_names("cars_names.csv")
+    return Hierarchy.from_edges([(types[t], model_names[m]) for t, m in edges])
 
 
 def _torchvision_layout(root: Path) -> tuple[dict[str, str], dict[str, list[tuple[Path, str]]]]:

@@ -9,9 +9,19 @@ Layout expected under ``root`` (as distributed)::
     CUB_200_2011/classes.txt             <class id> <NNN.Class_Name>
 
 The official split (5,994 / 5,794). The tree ships with the package (``hrn/trees/cub.csv``, from the HRN authors'
-``hrn_species_family_order.csv``, Apache-2.0); species are named by ``classes.txt`` ("001.Black_footed_Albatross"
--> "Black footed Albatross"), orders and families by their ids in that file ("order_1", "family_35"). Training
-images are listed in the authors' order (``hrn/trees/cub_train_order.txt``), which ``relabel.order=file`` follows.
+``hrn_species_family_order.csv``, Apache-2.0, in their ids); species are named by ``classes.txt``
+("001.Black_footed_Albatross" -> "Black footed Albatross"), orders and families by their taxonomic names
+(``hrn/trees/cub_names.csv``: "order_12" -> "Procellariiformes", "family_35" -> "Diomedeidae"). The source gives
+only ids; the names were established from the species each id holds. They follow a post-2017 checklist (New World
+sparrows as Passerellidae, the chat as Icteriidae, cormorants under Suliformes), and the authors' ids turn out to be
+the names' alphabetical order: orders entirely, families within their order except the Suliformes pair.
+
+One node is the authors' oddity, kept because the paper trains on this tree: family_8 holds only the Red-legged
+Kittiwake, a gull (Laridae, Charadriiformes), yet sits under the kingfishers' order (Coraciiformes). It is named
+"Laridae (kittiwake)", distinct from the gulls' and terns' "Laridae" (family_5), since a node name is unique.
+
+Training images are listed in the authors' order (``hrn/trees/cub_train_order.txt``), which ``relabel.order=file``
+follows.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hrn.data.base import DataError, DataSplits
-from hrn.data.files import Sample, make_splits, order_by_list, read_pairs, shipped
+from hrn.data.files import Sample, make_splits, order_by_list, read_pairs, shipped, shipped_names
 from hrn.hierarchy import Hierarchy
 
 __all__ = ["cub"]
@@ -36,7 +46,7 @@ def species_name(folder: str) -> str:
 
 
 def cub_hierarchy(classes_txt: Path) -> Hierarchy:
-    """The shipped tree with species ids renamed by ``classes.txt``."""
+    """The shipped tree with species ids renamed by ``classes.txt``, orders and families by ``cub_names.csv``."""
     names = dict(read_pairs(classes_txt, LAYOUT))
     edges = Hierarchy.from_csv(shipped("cub.csv")).edges
     species_ids = [c for p, c in edges if p.startswith("family_")]
@@ -45,8 +55,9 @@ def cub_hierarchy(classes_txt: Path) -> Hierarchy:
         raise DataError(
             f"{classes_txt}: class id(s) {', '.join(absent[:5])} missing; expected the 200 CUB classes"
         )
+    taxa = shipped_names("cub_names.csv")
     return Hierarchy.from_edges(
-        [(p, species_name(names[c]) if p.startswith("family_") else c) for p, c in edges]
+        [(taxa[p], species_name(names[c]) if p.startswith("family_") else taxa[c]) for p, c in edges]
     )
 
 

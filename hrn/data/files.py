@@ -4,6 +4,7 @@ them from the image cache), split a validation set off the training list, and tu
 
 from __future__ import annotations
 
+import csv
 import logging
 import random
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ __all__ = [
     "check_images",
     "make_splits",
     "shipped",
+    "shipped_names",
     "split_off_validation",
 ]
 
@@ -36,6 +38,16 @@ SHIPPED = Path(__file__).resolve().parent.parent / "trees"
 def shipped(name: str) -> Path:
     """Path of a tree or list shipped with the package (``hrn/trees/``)."""
     return SHIPPED / name
+
+
+def shipped_names(name: str) -> dict[str, str]:
+    """``node id -> name`` from a table shipped beside a tree (``hrn/trees/<name>``, header ``id,name``).
+
+    The authors' trees number their coarse nodes ("family_35"); the table keeps those ids beside the real names
+    so the tree CSV stays the authors' and every name can be traced back to its id.
+    """
+    with shipped(name).open(newline="", encoding="utf-8") as f:
+        return {row["id"]: row["name"] for row in csv.DictReader(f)}
 
 
 @dataclass(frozen=True)
