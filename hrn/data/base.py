@@ -28,6 +28,8 @@ __all__ = [
     "LabelledImages",
     "DataSplits",
     "build_transforms",
+    "NORMALIZE_MEAN",
+    "NORMALIZE_STD",
     "relabel",
     "check_relabel_ratio",
 ]
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 
 class DataError(HRNError):
     """Bad data or a bad data setting. One line, naming the file, key or value and how to fix it."""
+
+
+# The authors normalise every channel with mean 0.5 and std 0.5 (pixels to [-1, 1]), not ImageNet's statistics.
+NORMALIZE_MEAN = (0.5, 0.5, 0.5)
+NORMALIZE_STD = (0.5, 0.5, 0.5)
 
 
 def build_transforms(train: bool, resize: int = 550, crop: int = 448, padding: int = 8, flip: bool = True):
@@ -50,7 +57,7 @@ def build_transforms(train: bool, resize: int = 550, crop: int = 448, padding: i
             steps.append(v2.RandomHorizontalFlip())
     else:
         steps.append(v2.CenterCrop(crop))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(NORMALIZE_MEAN), list(NORMALIZE_STD))]
     return v2.Compose(steps)
 
 
