@@ -40,7 +40,16 @@ from hrn.deploy import INPUT_NAME, OUTPUT_NAMES, Predictor
 from hrn.errors import HRNError
 from hrn.io import atomic_write_bytes
 
-__all__ = ["ExportError", "export", "read_metadata", "run_exported", "build_predictor", "FORMATS"]
+__all__ = [
+    "ExportError",
+    "FORMATS",
+    "build_predictor",
+    "export",
+    "onnx_bytes",
+    "read_metadata",
+    "run_exported",
+    "torchscript_bytes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +141,9 @@ def _quiet_jit() -> Iterator[None]:
         yield
 
 
-def _torchscript_bytes(predictor: Predictor, example: torch.Tensor, meta_json: str) -> bytes:
+def torchscript_bytes(predictor: Predictor, example: torch.Tensor, meta_json: str) -> bytes:
+    """The predictor as a TorchScript archive (``torch.jit.load``, libtorch), traced on ``example`` (any batch
+    size other than 1), with ``meta_json`` as its extra file ``hrn.json``."""
     # Tracing, not scripting: HRNOutput (a dataclass), list comprehensions over levels and the baselines' code
     # are not TorchScript, while their forward has no branch on values, so one trace records the whole model.
     buffer = io.BytesIO()
@@ -145,7 +156,9 @@ def _torchscript_bytes(predictor: Predictor, example: torch.Tensor, meta_json: s
     return buffer.getvalue()
 
 
-def _onnx_bytes(predictor: Predictor, example: torch.Tensor, meta_json: str, opset: int) -> bytes:
+def onnx_bytes(predictor: Predictor, example: torch.Tensor, meta_json: str, opset: int) -> bytes:
+    """The predictor as an ONNX model with a dynamic batch axis, captured on ``example`` (batch size other than 1),
+    with ``meta_json`` as its metadata property ``hrn``. The predictor must need no gradients."""
     # The dynamo exporter (torch.export, the default): it keeps the batch axis symbolic from `dynamic_shapes` and
     # translates the tree marginals' scatter reductions (opset 18 ScatterElements / ScatterND with reduction).
     program = torch.onnx.export(
@@ -263,9 +276,9 @@ def export(
     start = time.perf_counter()
     meta_json = json.dumps(info, sort_keys=True)
     if format == "onnx":
-        payload = _onnx_bytes(predictor, example, meta_json, int(opset))
+        payload = onnx_bytes(predictor, example, meta_json, int(opset))
     else:
-        payload = _torchscript_bytes(predictor, example, meta_json)
+        payload = torchscript_bytes(predictor, example, meta_json)
     export_s = time.perf_counter() - start
     summary = {"out": str(out), "format": format, "bytes": len(payload), "export_s": round(export_s, 2)}
     if check:  # before writing: a file that disagrees with its checkpoint never lands where a user looks
