@@ -166,12 +166,19 @@ def onnx_bytes(predictor: Predictor, example: torch.Tensor, meta_json: str, opse
         (example,),
         input_names=[INPUT_NAME],
         output_names=list(OUTPUT_NAMES),
-        dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+        dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1)}},  # the name of forward's argument
         opset_version=opset,
         dynamo=True,
         verbose=False,
     )
     proto = program.model_proto
+    for node in [*proto.graph.node, *(n for f in proto.functions for n in f.node)]:
+        # each node's Python stack trace names files of the exporting machine: not for a file that is shipped
+        keep = [(p.key, p.value) for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        for key, value in keep:
+            entry = node.metadata_props.add()
+            entry.key, entry.value = key, value
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, meta_json
     try:
@@ -244,9 +251,9 @@ def check_exported(payload: bytes, predictor: Predictor, crop: int, out: Path) -
 
 def export(
     ckpt_path: str | Path,
-    format: str = "onnx",  # noqa: A002 - the command line's name
+    format: str = "onnx",  # format, input: the command line's names
     out: str | Path | None = None,
-    input: str = "float32",  # noqa: A002 - the command line's name
+    input: str = "float32",
     opset: int = MIN_OPSET,
     check: bool = True,
 ) -> dict:
@@ -260,8 +267,10 @@ def export(
     if input not in INPUTS:
         raise ExportError(f"input={input}: unknown; use input=float32 or input=uint8")
     if format == "onnx":
-        if int(opset) < MIN_OPSET:
-            raise ExportError(f"opset={opset}: the tree marginals need ONNX opset {MIN_OPSET} or newer")
+        if not isinstance(opset, int) or opset < MIN_OPSET:
+            raise ExportError(
+                f"opset={opset}: use an ONNX opset of {MIN_OPSET} or newer (the tree marginals need it)"
+            )
         _require_onnx()
     out = Path(out) if out else Path(ckpt_path).with_suffix(FORMATS[format])
     if out.is_dir():
@@ -276,7 +285,7 @@ def export(
     start = time.perf_counter()
     meta_json = json.dumps(info, sort_keys=True)
     if format == "onnx":
-        payload = onnx_bytes(predictor, example, meta_json, int(opset))
+        payload = onnx_bytes(predictor, example, meta_json, opset)
     else:
         payload = torchscript_bytes(predictor, example, meta_json)
     export_s = time.perf_counter() - start

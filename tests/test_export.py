@@ -246,7 +246,8 @@ def test_onnx_round_trip_in_onnxruntime_equals_predict(trained, image_files, tmp
     [
         ({"format": "tflite"}, "format=tflite: unknown; use format=onnx or format=torchscript"),
         ({"input": "float16"}, "input=float16: unknown; use input=float32 or input=uint8"),
-        ({"opset": 17}, "opset=17: the tree marginals need ONNX opset 18 or newer"),
+        ({"opset": 17}, "opset=17: use an ONNX opset of 18 or newer (the tree marginals need it)"),
+        ({"opset": "new"}, "opset=new: use an ONNX opset of 18 or newer (the tree marginals need it)"),
     ],
 )
 def test_bad_settings_are_one_line(tmp_path, kwargs, message):
