@@ -1,0 +1,98 @@
+"""A trained network and its label tree as one module that traces and exports (TorchScript, ONNX).
+
+``Predictor(images) -> (marginals, path, leaf_probs)``: what ``hrn.predict`` computes for a batch, as tensors:
+
+    images ─ net ─ scores (B, N) ─ tree marginals ─ marginals (B, N) ─ top-down walk ─ path (B, L)
+                 └ leaf logits (B, n_L) ─ softmax ─ leaf_probs (B, n_L)
+
+Model layer: no Lightning, no Hydra. ``hrn.export`` builds it from a checkpoint and writes the files.
+
+Shapes: B = batch, N = nodes of the tree, L = levels, n_l = nodes of level l.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from hrn.hierarchy import Hierarchy
+from hrn.losses import TreeLoss
+
+__all__ = ["Predictor", "INPUT_NAME", "OUTPUT_NAMES"]
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("marginals", "path", "leaf_probs")
+
+
+class Predictor(nn.Module):
+    """A trained network + its tree: images -> per-node marginals, a root-to-leaf path, leaf softmax.
+
+    ``forward`` is tensor ops only (no loop over the batch, no branch on values), so ``torch.jit.trace`` and
+    ``torch.onnx.export`` record it once for any batch size. The tree is turned into index buffers here.
+
+    Args:
+        net: a network returning :class:`hrn.model.HRNOutput` (HRN or a baseline of ``hrn.baselines``).
+        hierarchy: the label tree the network was trained on.
+        tree_scores: the scores the tree marginals take, as in training: ``"sigmoid"`` (the paper) or
+            ``"logits"`` (the raw-logit ablation); ``hrn.lit.HRNModule.tree_scores`` says which.
+        uint8_input: take uint8 pixels (B, 3, crop, crop) in 0..255, already resized and centre-cropped, and
+            scale and normalise them here, exactly as the test transform does; otherwise take the transform's
+            float output.
+        mean, std: the per-channel normalisation of the test transform (``hrn.data.base``), for ``uint8_input``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        hierarchy: Hierarchy,
+        tree_scores: str = "sigmoid",
+        uint8_input: bool = False,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+    ) -> None:
+        super().__init__()
+        if tree_scores not in ("sigmoid", "logits"):
+            raise ValueError(f"tree_scores must be 'sigmoid' or 'logits', got {tree_scores!r}")
+        self.net = net
+        # The loss's own marginals, not a copy: its scatter ops export (ONNX opset >= 18) and run in onnxruntime.
+        self.tree = TreeLoss(hierarchy)
+        self.tree_scores = tree_scores
+        self.uint8_input = uint8_input
+        self.level_sizes = hierarchy.level_sizes
+        self.offsets = hierarchy.offsets
+        for lvl, parents in enumerate(hierarchy.level_parents, start=2):  # (n_l,) local parent index
+            self.register_buffer(f"parents_l{lvl}", parents, persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+
+    def top_down_path(self, marginals: torch.Tensor) -> torch.Tensor:
+        """(B, N) marginals -> (B, L) long global node indices: the most probable level-1 node, then at each level
+        the most probable child of the node above (``hrn.predict.greedy_path``'s rule, batched: the first
+        maximum wins a tie, children in node order)."""
+        levels = marginals.split(self.level_sizes, 1)
+        node = levels[0].argmax(1)  # (B,) local index inside the level
+        path = [node]
+        for lvl in range(2, len(self.level_sizes) + 1):  # a fixed number of levels, unrolled by tracing
+            # (B, n_l): the children of each sample's node keep their marginal, the others drop below any (>= 0)
+            children = getattr(self, f"parents_l{lvl}") == node.unsqueeze(1)
+            node = torch.where(children, levels[lvl - 1], -1.0).argmax(1)
+            path.append(node + self.offsets[lvl - 1])
+        return torch.stack(path, dim=1)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, 3, crop, crop) images -> marginals (B, N) float32, path (B, L) int64, leaf_probs (B, n_L) float32.
+
+        ``images``: the test transform's output (Resize(resize, resize) -> CenterCrop(crop) -> [0, 1] ->
+        Normalize(mean, std)), or with ``uint8_input`` the uint8 pixels before the last two steps.
+        """
+        if self.uint8_input:  # the same ops as torchvision's ToDtype(scale=True) then Normalize: equal bits
+            images = images.to(torch.float32).mul(1.0 / 255).sub(self.mean).div(self.std)
+        output = self.net(images)
+        marginals = self.tree.marginals(output.scores(self.tree_scores))
+        return marginals, self.top_down_path(marginals), output.leaf_logits.float().softmax(1)
