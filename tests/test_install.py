@@ -123,11 +123,15 @@ def test_wheel_in_a_fresh_venv_runs_outside_the_checkout(tmp_path):
     # new one's path, after its own. Python does not run the .pth files found there, so this environment's
     # editable hrn stays out of sight and `import hrn` can only find the wheel's.
     (Path(purelib) / "_test_dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", wheel])
+    # no PYTHONPATH from the caller: a checkout on it would pass for an installed hrn, to pip and to Python
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", wheel],
+        env=env,
+    )
 
     elsewhere = tmp_path / "elsewhere"  # a working directory with no hrn/ or conf/ in it
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = run([python, "-c", "import hrn; print(hrn.__file__)"], cwd=elsewhere, env=env).stdout.strip()
     assert Path(where).resolve().is_relative_to(venv.resolve()), where
 
