@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -10,14 +12,21 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
 from hrn.app import CONF_DIR, apply_ratio_settings, build_data, build_module, read_checkpoint, report_errors
+from hrn.errors import HRNError
 from hrn.io import write_json
 from hrn.lit import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
+
+# Our checkpoints also hold the random-generator states and the run description, which torch's weights_only=True
+# (its default from torch 2.6) refuses. Lightning >= 2.6 follows that default unless told otherwise; older
+# Lightning always loads everything and has no such argument.
+FULL_LOAD = {"weights_only": False} if "weights_only" in inspect.signature(L.Trainer.fit).parameters else {}
 
 
 def level_table(metrics: dict[str, float], level_sizes: list[int], stage: str = "test") -> str:
@@ -28,6 +37,39 @@ def level_table(metrics: dict[str, float], level_sizes: list[int], stage: str = 
     if f"{stage}/acc_leaf_sigmoid" in metrics:
         rows.append(f"{'leaf (sigmoid head)':<16}{metrics[f'{stage}/acc_leaf_sigmoid']:>10.4f}")
     return "\n".join(rows)
+
+
+class MissingPackageError(HRNError):
+    """A selected option needs a package that is not installed."""
+
+
+# The package each logger config needs beyond Lightning: the modules that provide it (any one will do) and what to
+# install. Lightning imports them only when the logger is built; we check first, so a missing one is one line.
+LOGGER_PACKAGES = {
+    "TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "MLFlowLogger": (("mlflow",), "mlflow"),
+    "WandbLogger": (("wandb",), "wandb"),
+}
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    """The loggers of ``cfg.logger`` (none, one or several: ``logger=[csv,tensorboard]``), after checking that the
+    library each one needs is installed."""
+    chosen = cfg.get("logger") or {}
+    for name, node in chosen.items():
+        modules, pip_name = LOGGER_PACKAGES.get(str(node.get("_target_", "")).rsplit(".", 1)[-1], ((), ""))
+        if modules and not any(importlib.util.find_spec(m) for m in modules):
+            raise MissingPackageError(f"logger={name} needs the '{pip_name}' package: pip install {pip_name}")
+    return [instantiate(node) for node in chosen.values()]
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    """The callbacks of ``cfg.callbacks``. With ``trainer.enable_progress_bar=false`` the progress-bar callback is
+    left out: Lightning refuses the two together, and the trainer's switch is the one a user reaches for."""
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+    if cfg.trainer.get("enable_progress_bar") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
 
 
 def keep_csv_logs(loggers: list) -> None:
@@ -43,13 +85,18 @@ def keep_csv_logs(loggers: list) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test one run described by ``cfg``; returns the flat test metrics (also in ``metrics.json``)."""
     cfg = apply_ratio_settings(cfg)
+    loggers = build_loggers(cfg)  # first: a missing logger library stops the run before any work
     L.seed_everything(cfg.seed, workers=True)
     data = build_data(cfg)
     module = build_module(cfg, data)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    # _convert_="partial": the lists reach the Trainer as lists, not OmegaConf ListConfigs (Lightning 2.4 takes a
+    # ListConfig of plugins for one plugin of an unknown type)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        cfg.trainer,
+        callbacks=build_callbacks(cfg),
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        _convert_="partial",
     )
 
     resume = cfg.get("ckpt_path")
@@ -57,10 +104,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         read_checkpoint(resume)  # one clear line for a missing, truncated or foreign file, before training
     if resume is not None:
         keep_csv_logs(loggers)
-    # weights_only=False: our checkpoints also hold the random-generator states and the run description
-    trainer.fit(module, data.loader("train"), data.loader("val"), ckpt_path=resume, weights_only=False)
+    trainer.fit(module, data.loader("train"), data.loader("val"), ckpt_path=resume, **FULL_LOAD)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    results = trainer.test(module, data.loader("test"), ckpt_path=best or None, weights_only=False)
+    results = trainer.test(module, data.loader("test"), ckpt_path=best or None, **FULL_LOAD)
     metrics = {k: float(v) for k, v in results[0].items()}
     if trainer.is_global_zero:  # every process holds the same (gathered) metrics; one writes them
         write_json(Path(cfg.run_dir) / "metrics.json", metrics)

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from hrn import Hierarchy
 from hrn.app import CONF_DIR
-from hrn.train import train
+from hrn.train import build_callbacks, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [  # shrink the default synthetic run to seconds
@@ -93,6 +93,30 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, override, message):
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith(message), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_progress_bar_callback_follows_the_trainer_switch(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+
+    on = build_callbacks(make_cfg(tmp_path))
+    off = build_callbacks(make_cfg(tmp_path, "trainer.enable_progress_bar=false"))
+    assert any(isinstance(c, ProgressBar) for c in on)
+    assert not any(isinstance(c, ProgressBar) for c in off)
+    assert any(isinstance(c, ModelCheckpoint) for c in off)  # only the bar goes
+
+
+def test_cli_without_progress_bar(tmp_path):
+    """Lightning refuses a progress-bar callback with enable_progress_bar=False; the trainer's switch alone must do."""
+    result = run_cli(
+        "trainer.enable_progress_bar=false",
+        "trainer.fast_dev_run=true",
+        *TINY,
+        f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "level    classes  accuracy" in result.stdout
+    assert LEVEL_KEYS <= set(json.loads((tmp_path / "metrics.json").read_text()))
 
 
 @pytest.mark.slow
