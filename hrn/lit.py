@@ -24,7 +24,14 @@ from hrn.io import atomic_write_bytes
 from hrn.losses import TreeLoss
 from hrn.metrics import HierarchicalMetrics, level_predictions
 
-__all__ = ["HRNModule", "CHECKPOINT_KEY", "AtomicCheckpointIO", "NonFiniteError", "ResumeError"]
+__all__ = [
+    "HRNModule",
+    "StaticCompiled",
+    "CHECKPOINT_KEY",
+    "AtomicCheckpointIO",
+    "NonFiniteError",
+    "ResumeError",
+]
 
 CHECKPOINT_KEY = "hrn"  # the checkpoint's self-description lives under this key
 RNG_KEY = "hrn_rng"  # Python, NumPy and torch random states at save time, restored when training resumes
@@ -46,6 +53,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(path, buffer.getvalue())
+
+
+class StaticCompiled:
+    """``net`` through ``torch.compile(dynamic=False)`` for one input shape per mode (train / eval): the first
+    shape the net sees in that mode. An input of any other shape (the last, partial batch of an epoch) runs the
+    eager ``net``.
+
+    Why: with dynamic shapes allowed, the partial batch makes torch.compile trace the network again with a
+    symbolic batch size, once for training and once for evaluation, and run the slower dynamic graph from then
+    on; with static shapes it would compile a graph for every batch size it meets. This way there are exactly
+    two graphs (training and evaluation; validation and test share one) with fixed shapes, and one eager batch
+    per epoch. Not an ``nn.Module``, so the compiled wrapper stays out of state dicts and checkpoint keys.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+        self.compiled = torch.compile(net, dynamic=False)
+        self.shapes: dict[bool, torch.Size] = {}  # net.training -> the input shape compiled for that mode
+
+    def __call__(self, images: torch.Tensor):
+        shape = self.shapes.setdefault(self.net.training, images.shape)
+        return (self.compiled if images.shape == shape else self.net)(images)
 
 
 def _rng_states() -> dict:
@@ -75,7 +104,8 @@ class HRNModule(L.LightningModule):
         scheduler: ``scheduler(optimizer) -> LRScheduler`` stepped once per epoch, or None.
         description: plain data saved in the checkpoint beside the tree (net settings, transforms), so a
             checkpoint describes itself.
-        compile: run the network through ``torch.compile`` (``model.compile=true``).
+        compile: run the network through ``torch.compile`` (``model.compile=true``): one static-shape graph for
+            training and one for evaluation, partial batches eager (:class:`StaticCompiled`).
 
     Logged per stage: ``{stage}/loss`` and each loss term ``{stage}/loss_<term>``; ``{stage}/acc_l{l}`` for
     l = 1..L (sigmoid head for l < L, leaf softmax head for l = L) and ``{stage}/acc_leaf_sigmoid``. A sample
@@ -95,8 +125,8 @@ class HRNModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.net = net
-        # torch.compile's wrapper is kept outside the module tree, so state dicts (and checkpoints) keep their keys
-        object.__setattr__(self, "_forward", torch.compile(net) if compile else net)
+        # the compiled wrapper is kept outside the module tree, so state dicts (and checkpoints) keep their keys
+        object.__setattr__(self, "_forward", StaticCompiled(net) if compile else net)
         self.loss = loss
         self.hierarchy = hierarchy
         self.optimizer_factory = optimizer
