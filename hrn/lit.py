@@ -56,14 +56,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class StaticCompiled:
-    """``net`` through ``torch.compile(dynamic=False)`` for one input shape per mode (train / eval): the first
-    shape the net sees in that mode. An input of any other shape (the last, partial batch of an epoch) runs the
-    eager ``net``.
+    """``net`` through ``torch.compile(dynamic=False)`` at one input shape per mode (train / eval): the first shape
+    seen in that mode, or a later one of the same image size and a larger batch (when an epoch happens to start
+    with a partial batch). Any other shape (the last, partial batch of an epoch) runs the eager ``net``.
 
     Why: with dynamic shapes allowed, the partial batch makes torch.compile trace the network again with a
     symbolic batch size, once for training and once for evaluation, and run the slower dynamic graph from then
-    on; with static shapes it would compile a graph for every batch size it meets. This way there are exactly
-    two graphs (training and evaluation; validation and test share one) with fixed shapes, and one eager batch
+    on; with static shapes it would compile a graph for every batch size it meets. This way there is one graph
+    for training and one for evaluation (validation and test share it) with fixed shapes, and one eager batch
     per epoch. Not an ``nn.Module``, so the compiled wrapper stays out of state dicts and checkpoint keys.
     """
 
@@ -74,6 +74,8 @@ class StaticCompiled:
 
     def __call__(self, images: torch.Tensor):
         shape = self.shapes.setdefault(self.net.training, images.shape)
+        if images.shape[1:] == shape[1:] and images.shape[0] > shape[0]:
+            shape = self.shapes[self.net.training] = images.shape
         return (self.compiled if images.shape == shape else self.net)(images)
 
 

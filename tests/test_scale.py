@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from hrn import HRN, CompositeLoss, Hierarchy
 from hrn.bench import AuthorsTreeLoss, _interleaved, balanced_tree
@@ -52,6 +53,26 @@ def test_compile_switch_keeps_checkpoint_keys(tree, monkeypatch):
     module = HRNModule(net, CompositeLoss(tree), tree, torch.optim.SGD, compile=True)
     assert compiled == [(net, {"dynamic": False})]
     assert all(k.startswith(("net.", "loss.", "tree.")) for k in module.state_dict())
+
+
+def test_static_compiled_picks_one_shape_per_mode(compiled_graphs):
+    """The first shape of a mode is compiled; a smaller batch runs eagerly; a larger batch of the same image size
+    (an epoch that started with its partial batch) is compiled instead, and from then on the smaller one is eager;
+    another image size runs eagerly."""
+    from hrn.lit import StaticCompiled
+
+    net = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
+    forward = StaticCompiled(net)
+    for batch in (5, 2, 5, 2):  # training: 5 compiled, 2 eager
+        forward(torch.randn(batch, 3, 4, 4))
+    assert compiled_graphs == [True] and forward.shapes[True] == (5, 3, 4, 4)
+    net.eval()
+    with torch.no_grad():
+        for batch in (3, 3, 6, 3, 6):  # evaluation starting with a partial batch: 3, then 6 replaces it
+            assert forward(torch.randn(batch, 3, 4, 4)).shape == (batch, 2, 4, 4)
+        assert compiled_graphs == [True, False, False] and forward.shapes[False] == (6, 3, 4, 4)
+        assert forward(torch.randn(8, 3, 5, 5)).shape == (8, 2, 5, 5)  # another image size: eager
+    assert len(compiled_graphs) == 3
 
 
 @pytest.mark.slow
