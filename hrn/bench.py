@@ -260,22 +260,22 @@ def table(result: dict) -> str:
     ]
     out.append(
         f"{'tree':<6}{'nodes':>8}{'subtree':>9}{'dense':>9}{'auto':>9}{'authors':>9}  {'auto =':<9}"
-        f"{'x subtree':>17}{'x dense':>17}{'x authors':>19}"
+        f"{'x subtree':>22}{'x dense':>22}{'x authors':>22}"
     )
     for r in result["tree_loss"]:
 
         def ms(kernel, r=r):
             return f"{r[kernel + '_s'] * 1e3:9.3f}" if f"{kernel}_s" in r else f"{'-':>9}"
 
-        def speedup(other, width, r=r):
+        def speedup(other, r=r):
             if f"auto_vs_{other}" not in r:
-                return f"{'-':>{width}}"
+                return f"{'-':>22}"
             low, high = r[f"auto_vs_{other}_range"]
-            return f"{r[f'auto_vs_{other}']:.2f} ({low:.2f}-{high:.2f})".rjust(width)
+            return f"{r[f'auto_vs_{other}']:.2f} ({low:.2f}-{high:.2f})".rjust(22)
 
         out.append(
             f"{r['tree']:<6}{r['num_nodes']:>8}{ms('subtree')}{ms('dense')}{ms('auto')}{ms('authors')}  "
-            f"{r['auto_picks']:<9}{speedup('subtree', 17)}{speedup('dense', 17)}{speedup('authors', 19)}"
+            f"{r['auto_picks']:<9}{speedup('subtree')}{speedup('dense')}{speedup('authors')}"
         )
     t = result["train_step"]
     out += [
