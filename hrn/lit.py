@@ -26,7 +26,14 @@ from hrn.io import atomic_write_bytes
 from hrn.losses import TreeLoss
 from hrn.metrics import HierarchicalMetrics, level_predictions
 
-__all__ = ["HRNModule", "CHECKPOINT_KEY", "AtomicCheckpointIO", "NonFiniteError", "ResumeError"]
+__all__ = [
+    "HRNModule",
+    "StaticCompiled",
+    "CHECKPOINT_KEY",
+    "AtomicCheckpointIO",
+    "NonFiniteError",
+    "ResumeError",
+]
 
 CHECKPOINT_KEY = "hrn"  # the checkpoint's self-description lives under this key
 RNG_KEY = "hrn_rng"  # Python, NumPy and torch random states at save time, restored when training resumes
@@ -48,6 +55,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(path, buffer.getvalue())
+
+
+class StaticCompiled:
+    """``net`` through ``torch.compile(dynamic=False)`` at one input shape per mode (train / eval): the first shape
+    seen in that mode, or a later one of the same image size and a larger batch (when an epoch happens to start
+    with a partial batch). Any other shape (the last, partial batch of an epoch) runs the eager ``net``.
+
+    Why: with dynamic shapes allowed, the partial batch makes torch.compile trace the network again with a
+    symbolic batch size, once for training and once for evaluation, and run the slower dynamic graph from then
+    on; with static shapes it would compile a graph for every batch size it meets. This way there is one graph
+    for training and one for evaluation (validation and test share it) with fixed shapes, and one eager batch
+    per epoch. Not an ``nn.Module``, so the compiled wrapper stays out of state dicts and checkpoint keys.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+        self.compiled = torch.compile(net, dynamic=False)
+        self.shapes: dict[bool, torch.Size] = {}  # net.training -> the input shape compiled for that mode
+
+    def __call__(self, images: torch.Tensor):
+        shape = self.shapes.setdefault(self.net.training, images.shape)
+        if images.shape[1:] == shape[1:] and images.shape[0] > shape[0]:
+            shape = self.shapes[self.net.training] = images.shape
+        return (self.compiled if images.shape == shape else self.net)(images)
 
 
 def _rng_states() -> dict:
@@ -77,7 +108,8 @@ class HRNModule(L.LightningModule):
         scheduler: ``scheduler(optimizer) -> LRScheduler`` stepped once per epoch, or None.
         description: plain data saved in the checkpoint beside the tree (net settings, transforms), so a
             checkpoint describes itself.
-        compile: run the network through ``torch.compile`` (``model.compile=true``).
+        compile: run the network through ``torch.compile`` (``model.compile=true``): one static-shape graph for
+            training and one for evaluation, partial batches eager (:class:`StaticCompiled`).
 
     Batches are :class:`~hrn.data.base.Batch` es (images, targets, dataset indices) or plain tuples; uint8 images
     (what the package's loaders yield, already cropped and flipped) are normalised to float once they are on the
@@ -101,8 +133,8 @@ class HRNModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.net = net
-        # torch.compile's wrapper is kept outside the module tree, so state dicts (and checkpoints) keep their keys
-        object.__setattr__(self, "_forward", torch.compile(net) if compile else net)
+        # the compiled wrapper is kept outside the module tree, so state dicts (and checkpoints) keep their keys
+        object.__setattr__(self, "_forward", StaticCompiled(net) if compile else net)
         self.loss = loss
         self.hierarchy = hierarchy
         self.optimizer_factory = optimizer

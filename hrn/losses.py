@@ -5,15 +5,39 @@ Shapes: B = batch, N = nodes of the tree, n_l = nodes of level l, L = levels.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hrn.errors import HRNError
 from hrn.hierarchy import Hierarchy
 
-__all__ = ["TreeLoss", "CompositeLoss", "LeafCELoss", "PerLevelCELoss", "CoarseConstraintLoss", "LossTerms"]
+__all__ = [
+    "TreeLoss",
+    "CompositeLoss",
+    "LeafCELoss",
+    "PerLevelCELoss",
+    "CoarseConstraintLoss",
+    "LossTerms",
+    "LossError",
+    "Formulation",
+    "DENSE_MAX_NODES",
+]
+
+Formulation = Literal["auto", "subtree", "dense"]
+
+# "auto" takes the dense formulation on CUDA up to this many nodes. On a GPU both formulations are bound by kernel
+# launches at these sizes and the dense one launches fewer (on one H100, the (N+1) x N matmul variant of a dense
+# formulation beat the subtree kernel at every size measured, up to 10,000 nodes); larger trees are not measured on
+# a GPU yet, so auto keeps the subtree kernel there, which keeps 2.3x less for the backward (24 against 56 MB at
+# 100,000 nodes, batch 64). Calibrate with `python -m hrn.bench --device cuda`.
+DENSE_MAX_NODES = 10_000
+
+
+class LossError(HRNError):
+    """A loss setting the package cannot use; one line that names it and the accepted values."""
 
 
 class LossTerms(NamedTuple):
@@ -56,6 +80,43 @@ def _state_scores(scores: torch.Tensor, level_sizes: list[int], parents: list[to
     return c
 
 
+def _inside(state_ancestor: torch.Tensor, node_level: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, S) bool: state u lies in the subtree of the sample's target, i.e. u's ancestor at the target's level is
+    the target. ``state_ancestor`` (L, S): each state's ancestor (global index) at each level, -1 where it has
+    none; ``node_level`` (N,): 0-based level of each node; ``targets`` (B,) long."""
+    ancestor = state_ancestor.index_select(0, node_level.index_select(0, targets))
+    return ancestor == targets.unsqueeze(1).to(ancestor.dtype)
+
+
+def _dense_nll(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    state_nodes: torch.Tensor,
+    state_ancestor: torch.Tensor,
+    node_level: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over the batch of ``-log P(target)`` from all N + 1 state log-probabilities, through autograd.
+
+    Args:
+        scores: (B, N).
+        targets: (B,) long.
+        state_nodes: ((N+1) * L,) the nodes of each state, one per level, as 1 + node index; 0 = no node at that
+            level (it picks the zero column prepended to the scores). State 0 is the empty state.
+        state_ancestor: (L, N+1) see :func:`_inside`.
+        node_level: (N,).
+
+    State scores are gathered and summed (exact in fp32, whatever the matmul precision or autocast; O(N L)),
+    not multiplied by an (N+1) x N state matrix: the same values without the O(N^2) matrix or a TF32 product.
+    ``log_softmax`` and the masked ``logsumexp`` work in log space, so any magnitude of scores is safe.
+    """
+    b, levels = scores.shape[0], state_ancestor.shape[0]
+    padded = F.pad(scores, (1, 0))  # (B, N+1): column 0 scores "no node"
+    c = padded.index_select(1, state_nodes).view(b, -1, levels).sum(2)  # (B, N+1): score of each state
+    log_p = c.log_softmax(1)  # (B, N+1): log P(state)
+    inside = _inside(state_ancestor, node_level, targets)  # (B, N+1)
+    return -torch.where(inside, log_p, float("-inf")).logsumexp(1).mean()
+
+
 class _TreeNLL(torch.autograd.Function):
     """Mean over the batch of ``-log P(target)``, with a hand-written backward.
 
@@ -78,9 +139,7 @@ class _TreeNLL(torch.autograd.Function):
         # scores (B, N) float; targets (B,) long; ancestor_of (L, N): global index of u's ancestor at each level
         # (-1 above u's level); target_level (N,) long: 0-based level of each node.
         c = _state_scores(scores, level_sizes, parents)
-        # (B, N): u lies in the subtree of the sample's target (u's ancestor at the target's level is the target)
-        ancestor = ancestor_of.index_select(0, target_level.index_select(0, targets))
-        inside = ancestor == targets.unsqueeze(1).to(ancestor.dtype)
+        inside = _inside(ancestor_of, target_level, targets)  # (B, N)
         shift_z = c.amax(1, keepdim=True).clamp_min_(0)  # (B, 1)
         shift_m = torch.where(inside, c, float("-inf")).amax(1, keepdim=True)  # (B, 1), finite: t is inside
         gap = shift_m - shift_z  # <= 0
@@ -113,26 +172,54 @@ class TreeLoss(nn.Module):
     ``P(state) = exp(score) / Z`` and the marginal ``P(v)`` sums P over the states of v's subtree. A sample labelled
     at node v (any level) costs ``-log P(v)``.
 
-    Computed exactly in O(N) time and memory per sample, never with the (N+1) x N state matrix. The loss
-    (``forward``) needs one marginal per sample: a masked sum over the states, with a hand-written backward
-    (:class:`_TreeNLL`). All marginals (``log_marginals``, for inference) come from path scores
-    ``c_v = s_v + c_parent(v)`` top-down and subtree log-sums ``A_v = logsumexp(c_v, A_children(v))`` bottom-up,
-    ``log Z = logsumexp(0, A over level 1)`` (0 = the empty state), ``log P(v) = A_v - log Z``. Both work in log
-    space, so raw logits of any magnitude are safe.
+    Computed exactly, never with the (N+1) x N state matrix, by one of two formulations of the same value
+    (``formulation``); both work in log space, so raw logits of any magnitude are safe:
+
+    - ``"subtree"``: O(N) time and memory per sample; one masked sum over the states for the target's marginal,
+      with a hand-written backward (:class:`_TreeNLL`). Few operations per element: the fastest on a CPU.
+    - ``"dense"``: all N + 1 state log-probabilities (``log_softmax``), then a masked ``logsumexp`` over the
+      target's subtree, through autograd (:func:`_dense_nll`); O(N L). Fewer, larger kernels: faster where each
+      kernel launch costs more than its arithmetic, as on a GPU at these sizes.
+    - ``"auto"`` (default): ``"dense"`` on CUDA for trees of up to :data:`DENSE_MAX_NODES` nodes, ``"subtree"``
+      otherwise (:meth:`formulation_for`).
+
+    All marginals (``log_marginals``, for inference) come from path scores ``c_v = s_v + c_parent(v)`` top-down
+    and subtree log-sums ``A_v = logsumexp(c_v, A_children(v))`` bottom-up, ``log Z = logsumexp(0, A over
+    level 1)`` (0 = the empty state), ``log P(v) = A_v - log Z``.
+
+    Args:
+        hierarchy: the label tree.
+        formulation: ``"auto"`` | ``"subtree"`` | ``"dense"``, as above.
     """
 
-    def __init__(self, hierarchy: Hierarchy) -> None:
+    def __init__(self, hierarchy: Hierarchy, formulation: Formulation = "auto") -> None:
         super().__init__()
+        if formulation not in get_args(Formulation):
+            raise LossError(
+                f"formulation must be one of {', '.join(get_args(Formulation))}, got {formulation!r} "
+                "(config key loss.formulation)"
+            )
+        self.formulation = formulation
         self.level_sizes = hierarchy.level_sizes
         for i, parents in enumerate(hierarchy.level_parents, start=2):
             self.register_buffer(f"parents_l{i}", parents, persistent=False)
         offsets = torch.tensor(hierarchy.offsets[:-1]).unsqueeze(1)
         local = hierarchy.ancestor_at_level  # (L, N) local index inside the level, -1 above v's level
-        # int32 halves the (B, N) table the loss gathers per batch; node indices fit easily
-        self.register_buffer(
-            "ancestor_of", torch.where(local >= 0, local + offsets, -1).int(), persistent=False
-        )
+        ancestor = torch.where(local >= 0, local + offsets, -1)  # (L, N) global index
+        # (L, N+1): each state's ancestor at each level; state 0 is the empty state, state v + 1 that of node v.
+        # int32 halves the (B, N+1) table the losses gather per batch; node indices fit easily.
+        state_ancestor = torch.cat([torch.full((len(self.level_sizes), 1), -1), ancestor], 1).int()
+        self.register_buffer("state_ancestor", state_ancestor, persistent=False)
+        # ((N+1) * L,): each state's nodes as 1 + node index, 0 where it has none (the dense formulation's gather)
+        self.register_buffer("state_nodes", (state_ancestor + 1).T.reshape(-1), persistent=False)
         self.register_buffer("node_level", hierarchy.node_level - 1, persistent=False)
+
+    def formulation_for(self, device: torch.device) -> str:
+        """The formulation ``forward`` uses for scores on ``device``: ``"subtree"`` or ``"dense"``."""
+        if self.formulation != "auto":
+            return self.formulation
+        fits = sum(self.level_sizes) <= DENSE_MAX_NODES
+        return "dense" if device.type == "cuda" and fits else "subtree"
 
     def _parents(self, level: int) -> torch.Tensor:
         """(n_level,) local index of each node's parent in level - 1 (level >= 2)."""
@@ -176,8 +263,15 @@ class TreeLoss(nn.Module):
             targets: (B,) long node indices, at any level.
         """
         scores = self._check(scores)
+        if self.formulation_for(scores.device) == "dense":
+            return _dense_nll(scores, targets, self.state_nodes, self.state_ancestor, self.node_level)
         return _TreeNLL.apply(
-            scores, targets, self.level_sizes, self._all_parents(), self.ancestor_of, self.node_level
+            scores,
+            targets,
+            self.level_sizes,
+            self._all_parents(),
+            self.state_ancestor[:, 1:],
+            self.node_level,
         )
 
 
@@ -192,13 +286,22 @@ class CompositeLoss(nn.Module):
         leaf_weight: λ (1 in the paper).
         tree_scores: ``"sigmoid"`` feeds the per-level sigmoid outputs to the tree loss, as the authors do;
             ``"logits"`` feeds the raw pre-sigmoid logits (an ablation).
+        formulation: how the tree loss is computed (:class:`TreeLoss`); the value is the same.
     """
 
-    def __init__(self, hierarchy: Hierarchy, leaf_weight: float = 1.0, tree_scores: str = "sigmoid") -> None:
+    def __init__(
+        self,
+        hierarchy: Hierarchy,
+        leaf_weight: float = 1.0,
+        tree_scores: str = "sigmoid",
+        formulation: Formulation = "auto",
+    ) -> None:
         super().__init__()
         if tree_scores not in ("sigmoid", "logits"):
-            raise ValueError(f"tree_scores must be 'sigmoid' or 'logits', got {tree_scores!r}")
-        self.tree = TreeLoss(hierarchy)
+            raise LossError(
+                f"tree_scores must be 'sigmoid' or 'logits', got {tree_scores!r} (config key loss.tree_scores)"
+            )
+        self.tree = TreeLoss(hierarchy, formulation)
         self.leaf_weight = leaf_weight
         self.tree_scores = tree_scores
         self.leaf_offset = hierarchy.offsets[-2]

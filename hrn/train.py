@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import CSVLogger
@@ -27,6 +28,46 @@ log = logging.getLogger(__name__)
 # (its default from torch 2.6) refuses. Lightning >= 2.6 follows that default unless told otherwise; older
 # Lightning always loads everything and has no such argument.
 FULL_LOAD = {"weights_only": False} if "weights_only" in inspect.signature(L.Trainer.fit).parameters else {}
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's values
+
+
+class SettingError(HRNError):
+    """A top-level setting of the train config the package cannot use."""
+
+
+def resolve_matmul_precision(setting: str, capability: tuple[int, int] | None) -> str | None:
+    """The float32 matmul precision for ``matmul_precision=<setting>``, or None to leave torch's own (highest).
+
+    ``auto``: ``high`` (TF32 tensor cores: a 10-bit mantissa for the products, fp32 sums) when training on a CUDA
+    device of compute capability 8.0 or more (Ampere and newer), where it speeds up fp32 matmuls several times;
+    otherwise unchanged (a CPU, or an older GPU without TF32). ``capability``: the CUDA device's compute
+    capability, None when not training on CUDA.
+    """
+    if setting == "auto":
+        return "high" if capability is not None and capability >= (8, 0) else None
+    if setting not in MATMUL_PRECISIONS:
+        raise SettingError(
+            f"matmul_precision={setting!r} is not one of auto, {', '.join(MATMUL_PRECISIONS)}; "
+            "auto = high on a CUDA GPU with tensor cores (compute capability >= 8.0), torch's default otherwise"
+        )
+    return setting
+
+
+def apply_matmul_precision(cfg: DictConfig) -> None:
+    """Set (and log, once) the float32 matmul precision the run asks for (``matmul_precision``)."""
+    setting = str(cfg.get("matmul_precision", "auto"))
+    on_cuda = str(cfg.trainer.get("accelerator", "auto")) != "cpu" and torch.cuda.is_available()
+    capability = torch.cuda.get_device_capability() if on_cuda else None
+    precision = resolve_matmul_precision(setting, capability)
+    if precision is not None:
+        torch.set_float32_matmul_precision(precision)
+    log.info(
+        "float32 matmul precision: %s (matmul_precision=%s%s)",
+        torch.get_float32_matmul_precision(),
+        setting,
+        f", CUDA compute capability {capability[0]}.{capability[1]}" if capability else ", not on CUDA",
+    )
 
 
 def level_table(metrics: dict[str, float], level_sizes: list[int], stage: str = "test") -> str:
@@ -85,10 +126,14 @@ def keep_csv_logs(loggers: list) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test one run described by ``cfg``; returns the flat test metrics (also in ``metrics.json``)."""
     cfg = apply_ratio_settings(cfg)
+    apply_matmul_precision(cfg)
     loggers = build_loggers(cfg)  # first: a missing logger library stops the run before any work
     L.seed_everything(cfg.seed, workers=True)
     data = build_data(cfg)
     module = build_module(cfg, data)
+    # Lightning validates inside fit under no_grad but tests under inference_mode, whose tensors a compiled
+    # network's guards tell apart: test would compile a third graph. no_grad for both keeps the one eval graph.
+    compiled = {"inference_mode": False} if cfg.model.get("compile", False) else {}
     # _convert_="partial": the lists reach the Trainer as lists, not OmegaConf ListConfigs (Lightning 2.4 takes a
     # ListConfig of plugins for one plugin of an unknown type)
     trainer: L.Trainer = instantiate(
@@ -97,6 +142,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         _convert_="partial",
+        **compiled,
     )
 
     resume = cfg.get("ckpt_path")

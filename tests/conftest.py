@@ -58,3 +58,25 @@ def small_tree() -> Hierarchy:
     return Hierarchy.from_edges(
         [("a", "b"), ("a", "c"), ("b", "d"), ("b", "e"), ("c", "f"), ("x", "y"), ("y", "z"), ("y", "w")]
     )
+
+
+@pytest.fixture
+def compiled_graphs(monkeypatch) -> list[bool]:
+    """Make ``torch.compile`` count the graphs it compiles: returns the list it appends to, one entry per graph
+    (whether it was traced with gradients on, i.e. a training graph). The graphs run through AOTAutograd
+    without code generation (``aot_eager``): what the compiler is asked for is the same as with inductor, in
+    seconds rather than minutes of C++ compilation on a CPU."""
+    import torch._dynamo
+
+    graphs: list[bool] = []
+    aot_eager = torch._dynamo.lookup_backend("aot_eager")
+    real = torch.compile
+
+    def backend(gm, example_inputs):
+        graphs.append(torch.is_grad_enabled())
+        return aot_eager(gm, example_inputs)
+
+    torch._dynamo.reset()  # compiled code is cached per function: start from none
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend=backend, **kw))
+    yield graphs
+    torch._dynamo.reset()

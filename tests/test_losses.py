@@ -7,18 +7,24 @@ import torch
 import torch.nn.functional as F
 
 from hrn import CompositeLoss, Hierarchy, HRNOutput, TreeLoss
+from hrn.losses import DENSE_MAX_NODES, LossError
 from tests.conftest import dense_log_marginals, random_tree
+
+# Every exactness and stability assertion runs for both ways of computing the loss.
+FORMULATIONS = pytest.mark.parametrize("formulation", ["subtree", "dense"])
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs() / b.abs().clamp_min(1e-12)).max().item()
 
 
+@FORMULATIONS
 @pytest.mark.parametrize("depth", [2, 3, 4, 5])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_oracle_values_gradients_marginals(depth, seed):
+def test_matches_oracle_values_gradients_marginals(depth, seed, formulation):
     h = random_tree(depth, seed=seed * 10 + depth)
-    loss = TreeLoss(h)
+    loss = TreeLoss(h, formulation)
+    assert loss.formulation_for(torch.device("cpu")) == formulation
     g = torch.Generator().manual_seed(seed)
     scores = (torch.randn(6, h.num_nodes, generator=g, dtype=torch.float64) * 3).requires_grad_()
     targets = torch.randint(0, h.num_nodes, (6,), generator=g)
@@ -47,8 +53,9 @@ def test_marginals_are_consistent(small_tree):
         assert (m[:, off[lvl] : off[lvl + 1]].sum(1) <= 1 + 1e-6).all()
 
 
-def test_stable_for_raw_logits_of_magnitude_100(small_tree):
-    loss = TreeLoss(small_tree)
+@FORMULATIONS
+def test_stable_for_raw_logits_of_magnitude_100(small_tree, formulation):
+    loss = TreeLoss(small_tree, formulation)
     scores = (torch.randn(8, small_tree.num_nodes) * 100).requires_grad_()
     targets = torch.arange(8) % small_tree.num_nodes
     value = loss(scores, targets)
@@ -58,15 +65,16 @@ def test_stable_for_raw_logits_of_magnitude_100(small_tree):
     torch.testing.assert_close(value.double(), oracle, rtol=1e-5, atol=1e-3)
 
 
-def test_target_far_below_the_best_state_keeps_its_value_and_gradient(small_tree):
-    """P(target) ~ exp(-800) in fp32: the target's subtree is exponentiated against its own maximum, so its
-    mass neither underflows to 0 (loss inf) nor loses the gradient."""
+@FORMULATIONS
+def test_target_far_below_the_best_state_keeps_its_value_and_gradient(small_tree, formulation):
+    """P(target) ~ exp(-800) in fp32: the target's subtree is summed in log space against its own maximum, so
+    its mass neither underflows to 0 (loss inf) nor loses the gradient."""
     n = small_tree.num_nodes
     scores = torch.full((2, n), -400.0)
     scores[:, small_tree.index("x")] = 400.0  # the x-branch holds all the mass
     scores = scores.requires_grad_()
     targets = torch.tensor([small_tree.index("b"), small_tree.index("d")])  # two levels, far from x
-    value = TreeLoss(small_tree)(scores, targets)
+    value = TreeLoss(small_tree, formulation)(scores, targets)
     value.backward()
     exact = scores.detach().double().requires_grad_()
     oracle = -dense_log_marginals(small_tree, exact).gather(1, targets[:, None]).mean()
@@ -76,26 +84,52 @@ def test_target_far_below_the_best_state_keeps_its_value_and_gradient(small_tree
     torch.testing.assert_close(scores.grad.double(), exact.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_backward_can_run_twice_with_retain_graph(small_tree):
+@FORMULATIONS
+def test_backward_can_run_twice_with_retain_graph(small_tree, formulation):
     scores = torch.randn(4, small_tree.num_nodes, requires_grad=True)
-    value = TreeLoss(small_tree)(scores, torch.tensor([0, 2, 4, 9]))
+    value = TreeLoss(small_tree, formulation)(scores, torch.tensor([0, 2, 4, 9]))
     (first,) = torch.autograd.grad(value, scores, retain_graph=True)
     (second,) = torch.autograd.grad(value, scores)
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
-def test_half_precision_scores_are_computed_in_fp32(small_tree):
+@FORMULATIONS
+def test_half_precision_scores_are_computed_in_fp32(small_tree, formulation):
     scores = torch.randn(4, small_tree.num_nodes)
     t = torch.tensor([0, 3, 5, 9])
-    loss = TreeLoss(small_tree)
+    loss = TreeLoss(small_tree, formulation)
     out = loss(scores.bfloat16(), t)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, loss(scores.bfloat16().float(), t))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # under mixed precision the loss still runs in fp32
+        mixed = loss(scores, t)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, loss(scores, t), rtol=1e-6, atol=1e-6)
 
 
-def test_bad_score_shape_is_one_line(small_tree):
+def test_auto_takes_dense_on_cuda_up_to_the_threshold_and_subtree_otherwise(small_tree):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    auto = TreeLoss(small_tree)
+    assert auto.formulation == "auto"
+    assert auto.formulation_for(cpu) == "subtree" and auto.formulation_for(cuda) == "dense"
+    edges = [("r", f"l{i}") for i in range(DENSE_MAX_NODES)]  # one more node than the threshold
+    assert TreeLoss(Hierarchy.from_edges(edges)).formulation_for(cuda) == "subtree"
+    assert TreeLoss(Hierarchy.from_edges(edges[:-1])).formulation_for(cuda) == "dense"
+    assert TreeLoss(small_tree, "subtree").formulation_for(cuda) == "subtree"  # explicit choices are kept
+    assert TreeLoss(small_tree, "dense").formulation_for(cpu) == "dense"
+
+
+def test_unknown_formulation_is_one_line(small_tree):
+    with pytest.raises(LossError, match=r"formulation must be one of auto, subtree, dense, got 'fast'"):
+        TreeLoss(small_tree, "fast")
+    with pytest.raises(LossError, match="loss.tree_scores"):
+        CompositeLoss(small_tree, tree_scores="softmax")
+
+
+@FORMULATIONS
+def test_bad_score_shape_is_one_line(small_tree, formulation):
     with pytest.raises(ValueError, match=r"scores of shape \(B, 10\)"):
-        TreeLoss(small_tree)(torch.zeros(2, 9), torch.zeros(2, dtype=torch.long))
+        TreeLoss(small_tree, formulation)(torch.zeros(2, 9), torch.zeros(2, dtype=torch.long))
 
 
 def test_hundred_thousand_nodes_at_batch_64():

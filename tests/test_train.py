@@ -5,13 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from hrn import Hierarchy
 from hrn.app import CONF_DIR
-from hrn.train import build_callbacks, train
+from hrn.train import SettingError, apply_matmul_precision, build_callbacks, resolve_matmul_precision, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [  # shrink the default synthetic run to seconds
@@ -49,6 +50,16 @@ def test_default_config_composes_with_all_groups(tmp_path):
     assert make_cfg(tmp_path, "model.trunk=resnet34").model.trunk == "resnet34"
 
 
+@pytest.mark.parametrize("loss", ["composite", "tree"])
+def test_loss_formulation_key_reaches_the_tree_loss(tmp_path, loss):
+    from hydra.utils import instantiate
+
+    h = Hierarchy.from_edges([("a", "b"), ("b", "c")])
+    assert instantiate(make_cfg(tmp_path, f"loss={loss}").loss, hierarchy=h).tree.formulation == "auto"
+    cfg = make_cfg(tmp_path, f"loss={loss}", "loss.formulation=dense")
+    assert instantiate(cfg.loss, hierarchy=h).tree.formulation == "dense"
+
+
 def test_fast_dev_run_writes_metrics_json(tmp_path):
     metrics = train(make_cfg(tmp_path, "trainer.fast_dev_run=true"))
     assert LEVEL_KEYS <= set(metrics)
@@ -70,6 +81,79 @@ def test_relabelled_run_keeps_checkpoints_logs_and_tree(tmp_path):
     assert ckpt["hrn"]["data"]["protocol"]["relabelled"] == 12 * 2  # 4 per leaf -> keep ceil(1.2) = 2
 
 
+def test_matmul_precision_auto_is_high_on_tensor_core_gpus_only():
+    assert resolve_matmul_precision("auto", (8, 0)) == "high"  # A100
+    assert resolve_matmul_precision("auto", (9, 0)) == "high"  # H100
+    assert resolve_matmul_precision("auto", (7, 5)) is None  # T4: no TF32
+    assert resolve_matmul_precision("auto", None) is None  # not on CUDA
+    assert [resolve_matmul_precision(p, None) for p in ("highest", "high", "medium")] == [
+        "highest",
+        "high",
+        "medium",
+    ]
+    with pytest.raises(
+        SettingError, match=r"matmul_precision='fast' is not one of auto, highest, high, medium"
+    ):
+        resolve_matmul_precision("fast", (9, 0))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "gpu", "expected"),
+    [
+        ([], (8, 6), "high"),  # auto on an Ampere GPU
+        (["trainer.accelerator=cpu"], (8, 6), None),  # a GPU is there but the run trains on the CPU
+        ([], None, None),  # no GPU
+        (["matmul_precision=medium"], None, "medium"),
+    ],
+)
+def test_matmul_precision_key_is_applied_once_and_logged(
+    tmp_path, monkeypatch, caplog, overrides, gpu, expected
+):
+    """The config key reaches torch (faked: a GPU of the given compute capability, and a recorder in place of
+    torch.set_float32_matmul_precision, so the process's real setting stays untouched)."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: gpu)
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    with caplog.at_level("INFO", logger="hrn.train"):
+        apply_matmul_precision(make_cfg(tmp_path, *overrides))
+    assert calls == ([expected] if expected else [])
+    (line,) = [r.getMessage() for r in caplog.records if "matmul precision" in r.getMessage()]
+    assert line.startswith("float32 matmul precision: ")
+    assert ("CUDA compute capability 8.6" in line) == (gpu is not None and not overrides)
+
+
+class CompileCounts(L.Callback):
+    """How many graphs torch.compile had compiled (``graphs``, the ``compiled_graphs`` fixture) at the end of each
+    training epoch; added to a run through the config (+callbacks.compiles._target_=...)."""
+
+    graphs: list = []
+    counts: list = []
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        CompileCounts.counts.append(len(CompileCounts.graphs))
+
+
+@pytest.mark.slow
+def test_compiled_run_compiles_two_graphs_whatever_the_epochs_and_partial_batches(tmp_path, compiled_graphs):
+    """model.compile=true over 3 epochs, batch 20: train 48 = 20+20+8, val 24 = 20+4, test 36 = 20+16, so every
+    stage ends with a partial batch. One evaluation graph (validation and test share it) and one training graph
+    are compiled in the first epoch, and nothing after, not even for the test."""
+    CompileCounts.graphs, CompileCounts.counts = compiled_graphs, []
+    cfg = make_cfg(
+        tmp_path,
+        "model.compile=true",
+        "dataset.batch_size=20",
+        "trainer.max_epochs=3",
+        "+callbacks.compiles._target_=tests.test_train.CompileCounts",
+    )
+    metrics = train(cfg)
+    print(f"compiled graphs after each epoch: {CompileCounts.counts}, after the test: {len(compiled_graphs)}")
+    assert CompileCounts.counts == [2, 2, 2]
+    assert compiled_graphs == [False, True]  # the sanity-check validation comes first
+    assert metrics["test/num_samples"] == 36
+
+
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "hrn.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300
@@ -85,6 +169,8 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
             "model.trunk=vgg16",
             "hrn: error: unknown trunk 'vgg16'; valid trunks: resnet18, resnet34, resnet50",
         ),
+        ("matmul_precision=fast", "hrn: error: matmul_precision='fast' is not one of auto, highest, high"),
+        ("loss.formulation=fast", "hrn: error: formulation must be one of auto, subtree, dense, got 'fast'"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(tmp_path, override, message):
