@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import random
 from pathlib import Path
 
@@ -165,4 +166,43 @@ def write_folder(root: Path, with_split: bool = True, per_leaf: int = 4) -> Path
     rng.shuffle(rows)
     header = "path,label,split" if with_split else "path,label"
     write_lines(root / "labels.csv", [header] + [",".join(r if with_split else r[:2]) for r in rows])
+    return root
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file's bytes: magic 0x000008DD (uint8, DD dimensions), big-endian int32 sizes, the uint8 payload."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype=">i4").tobytes()
+    return header + array.tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    """Write ``array`` as an IDX file, gzip-compressed like the distributed files when ``compress``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = idx_bytes(array)
+    path.write_bytes(gzip.compress(data, mtime=0) if compress else data)
+    return path
+
+
+def fashion_mnist_arrays(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 28, 28) uint8 images and (N,) labels 0..9, classes interleaved in a seeded order (as in the real
+    files, which are not sorted by class). Each image has its class id in pixel (0, 0), so tests can check it."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), n_per_class))
+    images = rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8)
+    images[:, 0, 0] = labels
+    return images, labels
+
+
+def write_fashion_mnist(
+    root: Path, train_per_class: int = 6, test_per_class: int = 2, layout: str = "flat", compress: bool = True
+) -> Path:
+    """The four Fashion-MNIST IDX files; ``layout="flat"``: in ``root`` itself (the Debian package's folder),
+    ``"torchvision"``: in ``root/FashionMNIST/raw/``. Returns the ``dataset.root`` to pass."""
+    folder = root / "FashionMNIST" / "raw" if layout == "torchvision" else root
+    suffix = ".gz" if compress else ""
+    for prefix, n, seed in (("train", train_per_class, 0), ("t10k", test_per_class, 1)):
+        images, labels = fashion_mnist_arrays(n, seed)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, compress)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress)
     return root

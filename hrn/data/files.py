@@ -24,6 +24,7 @@ __all__ = [
     "ImageFiles",
     "Sample",
     "check_images",
+    "held_out",
     "make_splits",
     "shipped",
     "shipped_names",
@@ -128,18 +129,16 @@ def check_images(samples: list[Sample], on_bad_image: str, what: str) -> tuple[l
     return kept, skipped
 
 
-def split_off_validation(
-    samples: list[Sample], fraction: float, seed: int
-) -> tuple[list[Sample], list[Sample]]:
-    """Hold out a seeded, per-class share of ``samples`` for validation: ``round(n · fraction)`` of each label's
-    n samples (at least one when the label has two or more). The rest keep their list order."""
+def held_out(targets: Sequence[int], fraction: float, seed: int) -> set[int]:
+    """Positions of a seeded, per-class share of ``targets`` to hold out: ``round(n · fraction)`` of each label's
+    n samples (at least one when the label has two or more)."""
     if not 0.0 <= fraction < 1.0:
         raise DataError(
             f"dataset.val_fraction={fraction!r} must be in [0, 1) (0 = validate on the test split)"
         )
     by_label: dict[int, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_label.setdefault(s.target, []).append(i)
+    for i, t in enumerate(targets):
+        by_label.setdefault(t, []).append(i)
     rng = random.Random(seed)
     held: set[int] = set()
     for label in sorted(by_label):
@@ -148,6 +147,15 @@ def split_off_validation(
         if fraction > 0 and k == 0 and len(members) >= 2:
             k = 1
         held.update(rng.sample(members, k))
+    return held
+
+
+def split_off_validation(
+    samples: list[Sample], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Hold out a seeded, per-class share of ``samples`` for validation (:func:`held_out`). The rest keep their
+    list order."""
+    held = held_out([s.target for s in samples], fraction, seed)
     train = [s for i, s in enumerate(samples) if i not in held]
     val = [s for i, s in enumerate(samples) if i in held]
     return train, val
