@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 from hrn.data.augment import normalize, reference_train_transform
+from hrn.data.base import DataError
 from hrn.data.files import ImageFiles, shipped
 from hrn.hierarchy import Hierarchy
 from hrn.io import write_json
@@ -334,6 +335,59 @@ def bench_data(quick: bool, device: torch.device, workers: int | None = None) ->
     }
 
 
+def bench_small_images(quick: bool) -> dict:
+    """Images/s of the training loader on Fashion-MNIST's real files: the built-in dataset (uint8 images in
+    memory) against the same images as PNG files in the ``folder`` format (decoded every epoch, and cached), at
+    the dataset recipe's sizes (28 -> 32 px, batch 128, no workers). Needs the files (the Debian package
+    ``dataset-fashion-mnist``); without them the section says so."""
+    from hrn.data.base import EpochShuffleSampler
+    from hrn.data.fashion_mnist import CLASSES, DEBIAN_ROOT, fashion_mnist
+    from hrn.data.folder import folder
+
+    per_class = 20 if quick else 200
+    sizes = dict(batch_size=128, num_workers=0, resize=32, crop=32, padding=2, val_fraction=0)
+    try:
+        memory = fashion_mnist(DEBIAN_ROOT, train_per_class=per_class, test_per_class=1, **sizes)
+    except DataError as e:
+        return {"skipped": str(e)}
+    epochs = 2 if quick else 3
+    rows = [{"format": "fashion_mnist (in memory)", "images_per_s": _rate(memory.loader("train"), epochs)}]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "img").mkdir()
+        h = memory.hierarchy
+        edges = [f"{h.names[h.parent_of(v)]},{h.names[v]}" for v in range(h.offsets[1], h.num_nodes)]
+        (root / "tree.csv").write_text("parent,child\n" + "\n".join(edges) + "\n")
+        lines = ["path,label,split"]
+        for i, image in enumerate(
+            memory.train.source.images
+        ):  # the same images, as the files a user would have
+            Image.fromarray(image[0].numpy()).save(root / "img" / f"{i:05d}.png")
+            lines.append(f"img/{i:05d}.png,{h.names[memory.train.targets[i]]},train")
+        lines.append(f"img/00000.png,{CLASSES[0]},test")
+        (root / "labels.csv").write_text("\n".join(lines) + "\n")
+        for cache in (False, True):
+            files = folder(str(root), cache=cache, cache_dir=str(root / "cache"), **sizes)
+            files.train.prepare()
+            rows.append(
+                {
+                    "format": "folder, PNG " + ("cached" if cache else "decoded every epoch"),
+                    "images_per_s": _rate(files.loader("train"), epochs),
+                }
+            )
+        previous = torch.utils.data.DataLoader(
+            _PerImageFloat(files.train), batch_size=128, sampler=EpochShuffleSampler(len(files.train))
+        )
+        rows.append({"format": "folder, PNG, release 0.1 pipeline", "images_per_s": _rate(previous, epochs)})
+    return {
+        "images": len(memory.train),
+        "sizes": "28 -> 32 px, crop 32 pad 2, batch 128, 0 workers",
+        "loaders": rows,
+        "memory_vs_png": rows[0]["images_per_s"] / rows[1]["images_per_s"],
+        "memory_vs_release_0_1": rows[0]["images_per_s"] / rows[3]["images_per_s"],
+    }
+
+
 class EpochTimer(Callback):
     """Records the wall time of every epoch, training and validation together (Lightning callback hooks, used by
     ``--e2e`` through ``callbacks``). Seconds go to ``self.seconds`` and, one JSON line each, to ``out``."""
@@ -522,6 +576,18 @@ def data_table(d: dict) -> str:
     return "\n".join(out)
 
 
+def small_table(d: dict) -> str:
+    if "skipped" in d:
+        return f"small images: skipped ({d['skipped']})"
+    out = [f"small images, {d['images']} Fashion-MNIST training images ({d['sizes']}): images/s"]
+    out += [f"  {r['format']:<36}{r['images_per_s']:10.1f}" for r in d["loaders"]]
+    out.append(
+        f"  in memory / PNG decoded every epoch: {d['memory_vs_png']:.1f}x; "
+        f"/ release 0.1's folder pipeline: {d['memory_vs_release_0_1']:.1f}x"
+    )
+    return "\n".join(out)
+
+
 def e2e_table(e: dict) -> str:
     s, a = e["setting"], e["step_alone"]
     return "\n".join(
@@ -573,7 +639,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["tree_loss"] = bench_tree_loss(args.quick, device)
         result["train_step"] = bench_train_step(args.quick, device)
         result["data"] = bench_data(args.quick, device, args.workers)
-        report = table(result) + "\n" + data_table(result["data"])
+        result["small_images"] = bench_small_images(args.quick)
+        report = "\n".join([table(result), data_table(result["data"]), small_table(result["small_images"])])
     write_json(args.out, result)
     print(report)
     print(f"wrote {args.out}")

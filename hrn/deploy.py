@@ -40,7 +40,7 @@ class Predictor(nn.Module):
         uint8_input: take uint8 pixels (B, 3, crop, crop) in 0..255, already resized and centre-cropped, and
             scale and normalise them here, exactly as the test transform does; otherwise take the transform's
             float output.
-        mean, std: the per-channel normalisation of the test transform (``hrn.data.base``), for ``uint8_input``.
+        mean, std: the per-channel normalisation of the test transform (``hrn.data.augment``), for ``uint8_input``.
     """
 
     def __init__(
