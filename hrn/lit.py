@@ -24,7 +24,7 @@ from hrn.errors import HRNError
 from hrn.hierarchy import Hierarchy
 from hrn.io import atomic_write_bytes
 from hrn.losses import TreeLoss
-from hrn.metrics import HierarchicalMetrics, level_predictions
+from hrn.metrics import HierarchicalMetrics, leaf_ap_scores, level_predictions
 
 __all__ = [
     "HRNModule",
@@ -162,6 +162,10 @@ class HRNModule(L.LightningModule):
         # Losses that train only the leaf head (flat baselines) answer coarse levels with the leaf's ancestors.
         self.coarse_from_leaf = getattr(loss, "coarse_from_leaf", False)
         self.leaf_offset = hierarchy.offsets[-2]
+        if self.coarse_from_leaf:  # (n_L, N): the leaf's own node and its ancestors, for the leaf-only AP scores
+            self.register_buffer(
+                "leaf_ancestors", hierarchy.ancestors[self.leaf_offset :].float(), persistent=False
+            )
 
     def forward(self, images: torch.Tensor):
         return self.net(images)
@@ -178,6 +182,10 @@ class HRNModule(L.LightningModule):
         if self.coarse_from_leaf:
             return self.ancestor_at_level[:, output.leaf_logits.argmax(1) + self.leaf_offset].T
         return level_predictions(output.sigmoid, output.leaf_logits)
+
+    def ap_scores(self, output) -> torch.Tensor | None:
+        """(B, N) AP scores from the leaf softmax for leaf-only methods; None: the paper's heads (the default)."""
+        return leaf_ap_scores(output.leaf_logits, self.leaf_ancestors) if self.coarse_from_leaf else None
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         images, targets = batch[0], batch[1]
@@ -224,7 +232,13 @@ class HRNModule(L.LightningModule):
             with torch.no_grad():
                 marginals = self.tree.marginals(output.scores(self.tree_scores))
             self.eval_metrics[stage].update(
-                output.sigmoid, output.leaf_logits, marginals, targets, index, self.level_predictions(output)
+                output.sigmoid,
+                output.leaf_logits,
+                marginals,
+                targets,
+                index,
+                self.level_predictions(output),
+                self.ap_scores(output),
             )
         return terms.total
 

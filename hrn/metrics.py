@@ -35,6 +35,16 @@ def ap_scores(sigmoid: list[torch.Tensor], leaf_logits: torch.Tensor) -> torch.T
     return torch.cat([*sigmoid[:-1], leaf_logits.float().softmax(1)], dim=1)
 
 
+def leaf_ap_scores(leaf_logits: torch.Tensor, leaf_ancestors: torch.Tensor) -> torch.Tensor:
+    """(B, N) scores for ``ap_micro`` of a method that only trains the leaf head: each node scores the leaf
+    softmax's mass under it, as a flat classifier answers coarse questions (its sigmoid heads are untrained, so
+    :func:`ap_scores` would rank coarse nodes by noise).
+
+    leaf_logits: (B, n_L); leaf_ancestors: (n_L, N) float, 1 where the node is the leaf or one of its ancestors.
+    """
+    return leaf_logits.float().softmax(1) @ leaf_ancestors
+
+
 @dataclass
 class SampleRecords:
     """Per-sample results after de-duplication, in dataset-index order (what ``hrn.evaluate`` writes out)."""
@@ -81,10 +91,12 @@ class HierarchicalMetrics(Metric):
         target: torch.Tensor,
         index: torch.Tensor | None = None,
         preds: torch.Tensor | None = None,
+        scores: torch.Tensor | None = None,
     ) -> None:
         """sigmoid: per level (B, n_l); leaf_logits: (B, n_L); marginals: (B, N) tree marginals; target: (B,) node
         indices; index: (B,) dataset indices (for de-duplication), or None; preds: (B, L) per-level predictions
-        when they do not come from the paper's heads (default: ``level_predictions``)."""
+        and scores: (B, N) AP scores, each when it does not come from the paper's heads (defaults:
+        ``level_predictions`` and ``ap_scores``)."""
         b = target.shape[0]
         self.index.append(index.long() if index is not None else torch.full((b,), -1, device=target.device))
         self.target.append(target.long())
@@ -92,9 +104,11 @@ class HierarchicalMetrics(Metric):
         self.leaf_sigmoid.append(sigmoid[-1].argmax(1))
         per_level = torch.split(marginals, self.level_sizes, dim=1)
         self.marginal_preds.append(torch.stack([m.argmax(1) for m in per_level], dim=1))
-        self.scores.append(
-            ap_scores(sigmoid, leaf_logits).float() if self.with_ap else marginals.new_zeros(b, 0)
-        )
+        if not self.with_ap:
+            scores = marginals.new_zeros(b, 0)
+        elif scores is None:
+            scores = ap_scores(sigmoid, leaf_logits)
+        self.scores.append(scores.float())
 
     def _gathered(self) -> dict[str, torch.Tensor]:
         def cat(x):

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from hrn import HRN, CompositeLoss, Hierarchy, HRNOutput
+from hrn.losses import LeafCELoss
 from hrn.lit import CHECKPOINT_KEY, HRNModule
 
 
@@ -143,3 +144,21 @@ def test_real_hrn_trains_a_step_and_the_checkpoint_describes_itself(tree, tmp_pa
     assert Hierarchy.from_dict(ckpt[CHECKPOINT_KEY]["tree"]) == tree
     assert ckpt[CHECKPOINT_KEY]["tree"]["levels"][0] == ["a", "x"]
     assert ckpt[CHECKPOINT_KEY]["net"] == {"trunk": "resnet18"}
+
+
+def test_leaf_only_methods_rank_ap_by_the_leaf_softmax(tree, tmp_path):
+    """Leaf CE trains no sigmoid head: its AP scores come from the leaf softmax, so a net whose sigmoid heads
+    say the opposite of its (right) leaf head still gets AP 1."""
+    h = tree
+    d, e, f, z = (h.index(n) for n in "defz")
+    targets = [d, e, f, z, d]
+    script = [(1, 2, 3, 0), (1, 2, 3, 1), (1, 0, 0, 2), (0, 0, 0, 3), (1, 2, 3, 0)]  # heads wrong, leaf right
+    module = HRNModule(
+        ScriptedNet(h, script), LeafCELoss(h), h, functools.partial(torch.optim.SGD, lr=0.1), None
+    )
+    (metrics,) = trainer(tmp_path).validate(module, loader(targets), verbose=False)
+    assert metrics["val/acc_l1"] == 1.0 and metrics["val/acc_l2"] == 1.0  # the leaf prediction's ancestors
+    assert metrics["val/ap_micro"] == pytest.approx(1.0)
+    paper = make_module(h, ScriptedNet(h, script))  # the same net under HRN's loss: AP from its sigmoid heads
+    (metrics,) = trainer(tmp_path).validate(paper, loader(targets), verbose=False)
+    assert metrics["val/ap_micro"] < 0.9
