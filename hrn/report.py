@@ -2,7 +2,8 @@
 
 Finds every run directory (one with ``.hydra/overrides.yaml``, at any depth, or the given directory itself) and
 groups the runs into rows by *method*: the run's overrides less those named in :data:`NOT_METHOD`, sorted and
-joined by spaces (``loss=leaf_ce model.gsb=false``; ``hrn (default)`` when none is left). The relabel ratio and
+joined by spaces (``loss=leaf_ce model.gsb=false``; ``hrn (default)`` when none is left). Overrides that every run
+has (``experiment=...``) leave the row names when there are two methods or more, and results.md names them once. The relabel ratio and
 the seed come from the run's ``.hydra/config.yaml``, so defaults count too. A run is ``ok`` when it wrote
 ``metrics.json`` and ``failed`` otherwise (it crashed or is still running); failed runs are listed, never averaged.
 
@@ -81,6 +82,7 @@ class Run:
     metrics: dict[str, float] | None  # None: no (readable) metrics.json
     reason: str = ""  # why a run counts as failed
     overrides: list[str] = field(default_factory=list)
+    shared: list[str] = field(default_factory=list)  # method overrides every run of the report has
 
     @property
     def status(self) -> str:
@@ -98,15 +100,32 @@ def _normalise(override: str) -> str:
     return f"{key}{sep}{value}"
 
 
-def method_of(overrides: Iterable[str]) -> str:
-    """The row a run belongs to: its overrides less :data:`NOT_METHOD`, sorted, space-joined."""
+def _method_parts(overrides: Iterable[str]) -> list[str]:
+    """The overrides that define the method: all less :data:`NOT_METHOD`, normalised and sorted."""
     kept = []
     for override in overrides:
         key = _override_key(str(override))
         if any(key == name or key.startswith((f"{name}.", f"{name}/")) for name in NOT_METHOD):
             continue
         kept.append(_normalise(str(override).strip()))
-    return " ".join(sorted(kept)) or DEFAULT_METHOD
+    return sorted(kept)
+
+
+def method_of(overrides: Iterable[str], shared: Iterable[str] = ()) -> str:
+    """The row a run belongs to: its overrides less :data:`NOT_METHOD` and less ``shared`` (the settings every
+    run of the report has), sorted, space-joined."""
+    left = [part for part in _method_parts(overrides) if part not in set(shared)]
+    return " ".join(left) or DEFAULT_METHOD
+
+
+def shared_settings(runs: Sequence[Run]) -> list[str]:
+    """The method overrides every run has (``experiment=fashion_mnist_study``), when the runs hold two methods or
+    more: they tell no row from another, so the rows leave them out and the report names them once. With one
+    method they stay in its name, which would otherwise read as the default."""
+    parts = [set(_method_parts(r.overrides)) for r in runs]
+    if len({frozenset(p) for p in parts}) < 2:
+        return []
+    return sorted(set.intersection(*parts))
 
 
 def _read_yaml(path: Path):
@@ -203,6 +222,10 @@ def find_runs(paths: Sequence[str | Path]) -> list[Run]:
             key = run_dir.resolve()
             if key not in runs:
                 runs[key] = load_run(run_dir, shown)
+    shared = shared_settings(list(runs.values()))
+    for run in runs.values():
+        run.method = method_of(run.overrides, shared)
+        run.shared = shared
     return sorted(runs.values(), key=_run_order)
 
 
@@ -322,6 +345,11 @@ def markdown(runs: list[Run], sources: Sequence[str] = ()) -> str:
         "`(n=k)` marks a cell with fewer finished seeds than the fullest one; a single seed shows its value alone; "
         "`n=0`: runs there, none finished with that metric; `–`: no runs.",
         "",
+    ]
+    shared = runs[0].shared if runs else []
+    if shared:
+        lines += [f"Settings every run has, left out of the row names: {', '.join(f'`{_escape(s)}`' for s in shared)}.", ""]
+    lines += [
         "## Accuracy per level (`test/acc_l{l}`)",
         "",
         accuracy_table(runs),

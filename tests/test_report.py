@@ -228,3 +228,24 @@ def test_overlapping_dirs_count_once_and_repeated_seeds_are_said(sweep, tmp_path
     md = (tmp_path / "both" / "results.md").read_text()
     assert f"- {DEFAULT_METHOD} r=0 seed=0" in md.split("## Repeated seeds", 1)[1]
     assert table(md, "## Accuracy per level")[DEFAULT_METHOD]["r=0 l1"] == "0.7500 ± 0.2500"  # 0.75, 0.5, 1.0
+
+
+def test_settings_every_run_shares_leave_the_row_names(tmp_path):
+    """A study run as several sweeps of one experiment: the rows read `loss=leaf_ce`, not
+    `experiment=study loss=leaf_ce`, and results.md says once what they share."""
+    root = tmp_path / "study"
+    make_run(root / "a" / "0", "experiment=study", 0.0, 0, (0.5, 0.25, 0.5))
+    make_run(root / "b" / "0", "experiment=study loss=leaf_ce", 0.0, 0, (0.25, 0.125, 0.5))
+    for run in (root / "a" / "0", root / "b" / "0"):  # make_run writes the method as one override
+        overrides = run / ".hydra" / "overrides.yaml"
+        parts = [p for o in yaml.safe_load(overrides.read_text()) for p in o.split(" ")]
+        overrides.write_text(yaml.safe_dump(parts))
+    runs = find_runs([root])
+    assert sorted(r.method for r in runs) == sorted([DEFAULT_METHOD, LEAF_CE])
+    assert main([str(root)]) == 0
+    md = (root / "results.md").read_text()
+    assert "left out of the row names: `experiment=study`" in md
+    assert set(table(md, "## Accuracy per level")) == {DEFAULT_METHOD, LEAF_CE}
+    # one method alone keeps its whole name: stripped, it would read as the default
+    (single,) = find_runs([root / "b"])
+    assert single.method == "experiment=study loss=leaf_ce" and single.shared == []
