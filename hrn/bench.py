@@ -429,7 +429,7 @@ def _step_rates(module, batch, device: torch.device, precision: str, repeats: in
     def eval_step() -> None:
         with torch.no_grad(), torch.autocast(**autocast):
             out = module._forward(images)
-            module.tree.marginals(out.scores(module.tree_scores))
+            module.tree.node_probabilities(out, module.tree_scores)
 
     module.train()
     train_s = statistics.median(r["train"] for r in _interleaved({"train": train_step}, repeats, device))

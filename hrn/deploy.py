@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hrn.hierarchy import Hierarchy
-from hrn.losses import TreeLoss
+from hrn.losses import SCORE_SOURCES, TreeLoss
 
 __all__ = ["Predictor", "INPUT_NAME", "OUTPUT_NAMES"]
 
@@ -35,8 +35,9 @@ class Predictor(nn.Module):
     Args:
         net: a network returning :class:`hrn.model.HRNOutput` (HRN or a baseline of ``hrn.baselines``).
         hierarchy: the label tree the network was trained on.
-        tree_scores: the scores the tree marginals take, as in training: ``"sigmoid"`` (the paper) or
-            ``"logits"`` (the raw-logit ablation); ``hrn.lit.HRNModule.tree_scores`` says which.
+        tree_scores: what the node probabilities come from, as in training: ``"sigmoid"`` (the paper),
+            ``"logits"`` (the raw-logit ablation) or ``"leaf"`` (the leaf softmax summed up the tree, for methods
+            that train only the leaf head); ``hrn.lit.HRNModule.tree_scores`` says which.
         uint8_input: take uint8 pixels (B, 3, crop, crop) in 0..255, already resized and centre-cropped, and
             scale and normalise them here, exactly as the test transform does; otherwise take the transform's
             float output.
@@ -53,8 +54,8 @@ class Predictor(nn.Module):
         std: Sequence[float] = (0.5, 0.5, 0.5),
     ) -> None:
         super().__init__()
-        if tree_scores not in ("sigmoid", "logits"):
-            raise ValueError(f"tree_scores must be 'sigmoid' or 'logits', got {tree_scores!r}")
+        if tree_scores not in SCORE_SOURCES:
+            raise ValueError(f"tree_scores must be one of {', '.join(SCORE_SOURCES)}, got {tree_scores!r}")
         self.net = net
         # The loss's own marginals, not a copy: its scatter ops export (ONNX opset >= 18) and run in onnxruntime.
         self.tree = TreeLoss(hierarchy)
@@ -94,5 +95,5 @@ class Predictor(nn.Module):
         if self.uint8_input:  # the same ops as torchvision's ToDtype(scale=True) then Normalize: equal bits
             images = images.to(torch.float32).mul(1.0 / 255).sub(self.mean).div(self.std)
         output = self.net(images)
-        marginals = self.tree.marginals(output.scores(self.tree_scores))
+        marginals = self.tree.node_probabilities(output, self.tree_scores)
         return marginals, self.top_down_path(marginals), output.leaf_logits.float().softmax(1)

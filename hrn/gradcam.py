@@ -151,8 +151,8 @@ def level_cams(
         hierarchy: the network's tree.
         targets: ``"predicted"``, a node name of any level, or one of those per image.
         layer: ``"gsb"`` (each level's granularity-specific block) or ``"trunk"`` (the trunk's last block).
-        tree_scores: what the tree marginals are computed from, ``"sigmoid"`` or ``"logits"`` (the checkpoint's
-            ``module.tree_scores``).
+        tree_scores: what the node probabilities come from, one of :data:`hrn.losses.SCORE_SOURCES` (the
+            checkpoint's ``module.tree_scores``).
         batch_size: images per Grad-CAM pass (all at once by default).
 
     Returns:
@@ -189,7 +189,7 @@ def level_cams(
     images = images.to(_device(net))
     tree = TreeLoss(hierarchy).to(images.device)
     with torch.no_grad():
-        marginals = tree.marginals(net(images).scores(tree_scores)).float().cpu()  # (B, N)
+        marginals = tree.node_probabilities(net(images), tree_scores).float().cpu()  # (B, N)
     paths = torch.tensor([greedy_path(marginals[i], hierarchy, nodes[i]) for i in range(b)])  # (B, L)
     off = hierarchy.offsets
     layers = net.feature_layers(layer)

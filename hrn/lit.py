@@ -24,7 +24,7 @@ from hrn.errors import HRNError
 from hrn.hierarchy import Hierarchy
 from hrn.io import atomic_write_bytes
 from hrn.losses import TreeLoss
-from hrn.metrics import HierarchicalMetrics, leaf_ap_scores, level_predictions
+from hrn.metrics import HierarchicalMetrics, level_predictions
 
 __all__ = [
     "HRNModule",
@@ -156,16 +156,14 @@ class HRNModule(L.LightningModule):
         self.eval_metrics = nn.ModuleDict(
             {stage: HierarchicalMetrics(hierarchy) for stage in ("val", "test")}
         )
-        # Tree marginals for the marginal-based predictions, on the scores the loss uses.
-        self.tree = TreeLoss(hierarchy)
-        self.tree_scores = getattr(loss, "tree_scores", "sigmoid")
-        # Losses that train only the leaf head (flat baselines) answer coarse levels with the leaf's ancestors.
+        # Losses that train only the leaf head (flat baselines) answer coarse levels with the leaf's ancestors,
+        # and their node probabilities (marginal predictions, AP, hrn.predict's path) come from the leaf softmax:
+        # nothing trains their sigmoid heads.
         self.coarse_from_leaf = getattr(loss, "coarse_from_leaf", False)
         self.leaf_offset = hierarchy.offsets[-2]
-        if self.coarse_from_leaf:  # (n_L, N): the leaf's own node and its ancestors, for the leaf-only AP scores
-            self.register_buffer(
-                "leaf_ancestors", hierarchy.ancestors[self.leaf_offset :].float(), persistent=False
-            )
+        # Node probabilities for the marginal-based predictions: the tree marginals of the scores the loss uses.
+        self.tree = TreeLoss(hierarchy)
+        self.tree_scores = getattr(loss, "tree_scores", "leaf" if self.coarse_from_leaf else "sigmoid")
 
     def forward(self, images: torch.Tensor):
         return self.net(images)
@@ -182,10 +180,6 @@ class HRNModule(L.LightningModule):
         if self.coarse_from_leaf:
             return self.ancestor_at_level[:, output.leaf_logits.argmax(1) + self.leaf_offset].T
         return level_predictions(output.sigmoid, output.leaf_logits)
-
-    def ap_scores(self, output) -> torch.Tensor | None:
-        """(B, N) AP scores from the leaf softmax for leaf-only methods; None: the paper's heads (the default)."""
-        return leaf_ap_scores(output.leaf_logits, self.leaf_ancestors) if self.coarse_from_leaf else None
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         images, targets = batch[0], batch[1]
@@ -230,7 +224,7 @@ class HRNModule(L.LightningModule):
                 )
         else:
             with torch.no_grad():
-                marginals = self.tree.marginals(output.scores(self.tree_scores))
+                marginals = self.tree.node_probabilities(output, self.tree_scores)
             self.eval_metrics[stage].update(
                 output.sigmoid,
                 output.leaf_logits,
@@ -238,7 +232,7 @@ class HRNModule(L.LightningModule):
                 targets,
                 index,
                 self.level_predictions(output),
-                self.ap_scores(output),
+                marginals if self.coarse_from_leaf else None,  # AP scores: the paper's heads, or the leaf's
             )
         return terms.total
 

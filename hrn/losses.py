@@ -24,9 +24,15 @@ __all__ = [
     "LossError",
     "Formulation",
     "DENSE_MAX_NODES",
+    "SCORE_SOURCES",
 ]
 
 Formulation = Literal["auto", "subtree", "dense"]
+
+SCORE_SOURCES = ("sigmoid", "logits", "leaf")
+"""What a network's node probabilities come from (:meth:`TreeLoss.node_probabilities`): the tree marginals of the
+per-level sigmoid outputs (the paper) or of the raw logits (an ablation), or the leaf softmax summed up the tree
+(methods that train only the leaf head)."""
 
 # "auto" takes the dense formulation on CUDA up to this many nodes. On a GPU both formulations are bound by kernel
 # launches at these sizes and the dense one launches fewer (on one H100, the (N+1) x N matmul variant of a dense
@@ -254,6 +260,26 @@ class TreeLoss(nn.Module):
     def marginals(self, scores: torch.Tensor) -> torch.Tensor:
         """(B, N) scores -> (B, N) marginal probabilities ``P(v)``; inside a level they sum to at most 1."""
         return self.log_marginals(scores).exp()
+
+    def leaf_marginals(self, leaf_logits: torch.Tensor) -> torch.Tensor:
+        """(B, n_L) leaf logits -> (B, N): each node's share of the leaf softmax, the sum over the leaves under it
+        (how a flat leaf classifier answers a coarse question); each level sums to 1."""
+        p = leaf_logits.float().softmax(1)
+        parts = [p]
+        for lvl in range(len(self.level_sizes), 1, -1):  # each level collects its children's mass
+            above = p.new_zeros(p.shape[0], self.level_sizes[lvl - 2])
+            parts.insert(0, above.index_add(1, self._parents(lvl), parts[0]))
+        return torch.cat(parts, dim=1)
+
+    def node_probabilities(self, output, source: str = "sigmoid") -> torch.Tensor:
+        """(B, N) the probability of every node from a network's :class:`hrn.model.HRNOutput`, from ``source``
+        (one of :data:`SCORE_SOURCES`): the tree marginals of ``output.scores(source)``, or with ``"leaf"`` the
+        leaf softmax summed up the tree (:meth:`leaf_marginals`)."""
+        if source == "leaf":
+            return self.leaf_marginals(output.leaf_logits)
+        if source not in SCORE_SOURCES:
+            raise LossError(f"score source must be one of {', '.join(SCORE_SOURCES)}, got {source!r}")
+        return self.marginals(output.scores(source))
 
     def forward(self, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean of ``-log P(target)`` over the batch.

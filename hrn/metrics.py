@@ -35,16 +35,6 @@ def ap_scores(sigmoid: list[torch.Tensor], leaf_logits: torch.Tensor) -> torch.T
     return torch.cat([*sigmoid[:-1], leaf_logits.float().softmax(1)], dim=1)
 
 
-def leaf_ap_scores(leaf_logits: torch.Tensor, leaf_ancestors: torch.Tensor) -> torch.Tensor:
-    """(B, N) scores for ``ap_micro`` of a method that only trains the leaf head: each node scores the leaf
-    softmax's mass under it, as a flat classifier answers coarse questions (its sigmoid heads are untrained, so
-    :func:`ap_scores` would rank coarse nodes by noise).
-
-    leaf_logits: (B, n_L); leaf_ancestors: (n_L, N) float, 1 where the node is the leaf or one of its ancestors.
-    """
-    return leaf_logits.float().softmax(1) @ leaf_ancestors
-
-
 @dataclass
 class SampleRecords:
     """Per-sample results after de-duplication, in dataset-index order (what ``hrn.evaluate`` writes out)."""

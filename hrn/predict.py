@@ -130,7 +130,7 @@ def predict(
         batch = [transform(load(i)) for i in range(start, min(start + batch_size, len(paths)))]
         with torch.no_grad():
             output = module.net(torch.stack(batch).to(dev))
-            marginals = module.tree.marginals(output.scores(module.tree_scores)).cpu()
+            marginals = module.tree.node_probabilities(output, module.tree_scores).cpu()
             leaf_probs = output.leaf_logits.float().softmax(1).cpu()
         for j in range(len(batch)):
             yield describe(paths[start + j], marginals[j], leaf_probs[j], h, top_k)

@@ -348,7 +348,10 @@ def markdown(runs: list[Run], sources: Sequence[str] = ()) -> str:
     ]
     shared = runs[0].shared if runs else []
     if shared:
-        lines += [f"Settings every run has, left out of the row names: {', '.join(f'`{_escape(s)}`' for s in shared)}.", ""]
+        lines += [
+            f"Settings every run has, left out of the row names: {', '.join(f'`{_escape(s)}`' for s in shared)}.",
+            "",
+        ]
     lines += [
         "## Accuracy per level (`test/acc_l{l}`)",
         "",

@@ -94,6 +94,7 @@ def test_top_down_path_ties_take_the_first_child(small_tree):
     [
         (HRN, "sigmoid"),
         (HRN, "logits"),
+        (HRN, "leaf"),  # a leaf-only method's checkpoint (leaf CE, coarse constraint)
         (CHMCNN, "sigmoid"),
         (HMCNF, "sigmoid"),
         (ChangNet, "sigmoid"),
@@ -108,7 +109,8 @@ def test_predictor_equals_the_network_through_treeloss_and_traces(cls, tree_scor
     with torch.no_grad():
         output = net(images)
         marginals, path, leaf_probs = predictor(images)
-    want_marginals, want_path = tree_marginals_and_path(h, output.scores(tree_scores))
+    want_marginals = TreeLoss(h).node_probabilities(output, tree_scores)
+    want_path = torch.tensor([greedy_path(m, h) for m in want_marginals])
     assert torch.equal(marginals, want_marginals) and torch.equal(path, want_path)
     assert torch.equal(leaf_probs, output.leaf_logits.softmax(1))
     traced = torchscript_bytes(predictor, torch.randn(2, 3, 32, 32), "{}")
@@ -117,10 +119,13 @@ def test_predictor_equals_the_network_through_treeloss_and_traces(cls, tree_scor
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cls", [CHMCNN, HMCNF, ChangNet, HMCLMLP])
-def test_compared_methods_export_to_onnx(cls):
+@pytest.mark.parametrize(
+    ("cls", "tree_scores"),
+    [(CHMCNN, "sigmoid"), (HMCNF, "sigmoid"), (ChangNet, "sigmoid"), (HMCLMLP, "sigmoid"), (HRN, "leaf")],
+)
+def test_compared_methods_export_to_onnx(cls, tree_scores):
     h = random_tree(depth=3, seed=7)
-    predictor = Predictor(small_net(cls, h), h).eval().requires_grad_(False)
+    predictor = Predictor(small_net(cls, h), h, tree_scores).eval().requires_grad_(False)
     model = onnx_bytes(predictor, torch.randn(2, 3, 32, 32), "{}", opset=18)
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -143,7 +148,7 @@ def test_uint8_input_equals_the_test_transform(small_tree):
 
 
 def test_bad_tree_scores(small_tree):
-    with pytest.raises(ValueError, match="tree_scores must be 'sigmoid' or 'logits', got 'softmax'"):
+    with pytest.raises(ValueError, match="tree_scores must be one of sigmoid, logits, leaf, got 'softmax'"):
         Predictor(torch.nn.Identity(), small_tree, "softmax")
 
 

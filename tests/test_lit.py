@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from hrn import HRN, CompositeLoss, Hierarchy, HRNOutput
-from hrn.losses import LeafCELoss
 from hrn.lit import CHECKPOINT_KEY, HRNModule
+from hrn.losses import LeafCELoss
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from hrn import CompositeLoss, Hierarchy, HRNOutput, TreeLoss
-from hrn.losses import DENSE_MAX_NODES, LossError
+from hrn.losses import DENSE_MAX_NODES, LeafCELoss, LossError
 from tests.conftest import dense_log_marginals, random_tree
 
 # Every exactness and stability assertion runs for both ways of computing the loss.
@@ -216,8 +216,6 @@ def _lse(z: torch.Tensor) -> torch.Tensor:
 
 
 def test_leaf_ce_drops_coarse_labelled_samples(small_tree):
-    from hrn.losses import LeafCELoss
-
     h = small_tree
     out = _output(h, 2, seed=3)
     targets = torch.tensor([h.index("e"), h.index("b")])
@@ -259,3 +257,23 @@ def test_coarse_constraint_uses_leaves_under_the_parent_level_label(small_tree):
     torch.testing.assert_close(terms.terms["constraint_bce"], 2.0 * bce)
     torch.testing.assert_close(terms.terms["leaf_ce"], ce)
     torch.testing.assert_close(terms.total, ce + 2.0 * bce)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_leaf_marginals_sum_the_leaf_softmax_up_the_tree(seed):
+    """A leaf-only method's node probabilities: each node gets the softmax mass of the leaves under it."""
+    h = random_tree(depth=2 + seed % 3, seed=seed, max_children=4)
+    out = _output(h, 5, seed=seed)
+    got = TreeLoss(h).node_probabilities(out, "leaf")
+    under = h.ancestors[h.offsets[-2] :].float()  # (n_L, N): the leaf and its ancestors
+    torch.testing.assert_close(got, out.leaf_logits.softmax(1) @ under)
+    for part in got.split(h.level_sizes, 1):  # a distribution at every level
+        torch.testing.assert_close(part.sum(1), torch.ones(5))
+    torch.testing.assert_close(
+        TreeLoss(h).node_probabilities(out, "sigmoid"), TreeLoss(h).marginals(out.scores("sigmoid"))
+    )
+
+
+def test_unknown_score_source_is_one_line(small_tree):
+    with pytest.raises(LossError, match="score source must be one of sigmoid, logits, leaf, got 'softmax'"):
+        TreeLoss(small_tree).node_probabilities(_output(small_tree, 1, seed=0), "softmax")

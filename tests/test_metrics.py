@@ -5,7 +5,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from hrn import Hierarchy, TreeLoss
-from hrn.metrics import HierarchicalMetrics, leaf_ap_scores
+from hrn.metrics import HierarchicalMetrics
 
 
 @pytest.fixture
@@ -109,20 +109,3 @@ def test_ap_micro_matches_scikit_learn(tree):
     expected = average_precision_score(multi_hot, scores, average="micro")
     assert ours == pytest.approx(expected, abs=1e-6)
     assert m.records.scores.shape == (b, h.num_nodes)
-
-
-def test_leaf_only_ap_scores_are_the_leaf_softmax_summed_up_the_tree(tree):
-    """A flat leaf classifier scores a coarse node by the leaf probability under it, not by an untrained head."""
-    h = tree
-    leaf = torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.0, 0.0, 0.0, 3.0]])  # leaves d, e, f, z
-    p = leaf.softmax(1)
-    scores = leaf_ap_scores(leaf, h.ancestors[h.offsets[-2] :].float())
-    assert scores.shape == (2, h.num_nodes)
-    d, e, f, z = range(4)
-    expected = {"a": p[:, d] + p[:, e] + p[:, f], "x": p[:, z], "b": p[:, d] + p[:, e], "c": p[:, f], "y": p[:, z]}
-    expected |= {name: p[:, i] for i, name in enumerate("defz")}
-    for name, value in expected.items():
-        torch.testing.assert_close(scores[:, h.index(name)], value)
-    # each level's scores are a distribution over that level
-    for lvl, part in enumerate(scores.split(h.level_sizes, dim=1)):
-        torch.testing.assert_close(part.sum(1), torch.ones(2), msg=f"level {lvl + 1}")
