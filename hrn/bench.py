@@ -531,16 +531,30 @@ def bench_e2e(
 
 
 def table(result: dict) -> str:
+    out = [f"machine: {result['machine']}"]
+    if "tree_loss" in result:
+        out += [
+            "",
+            "tree loss, forward + backward, batch 64 (milliseconds; speed-up of auto: median of per-round ratios)",
+        ]
+        out += _tree_loss_rows(result["tree_loss"])
+    if "train_step" in result:
+        t = result["train_step"]
+        out += [
+            "",
+            f"train step at {t['input']} px, batch {t['batch']}, {t['pairs']} paired runs: HRN {t['hrn_s']:.3f} s "
+            f"({t['hrn_images_per_s']:.1f} img/s), ResNet-50 {t['resnet50_s']:.3f} s "
+            f"({t['resnet50_images_per_s']:.1f} img/s), median ratio {t['ratio_median']:.2f}",
+        ]
+    return "\n".join(out)
+
+
+def _tree_loss_rows(rows: list[dict]) -> list[str]:
     out = [
-        f"machine: {result['machine']}",
-        "",
-        "tree loss, forward + backward, batch 64 (milliseconds; speed-up of auto: median of per-round ratios)",
-    ]
-    out.append(
         f"{'tree':<6}{'nodes':>8}{'subtree':>9}{'dense':>9}{'auto':>9}{'authors':>9}  {'auto =':<9}"
         f"{'x subtree':>22}{'x dense':>22}{'x authors':>22}"
-    )
-    for r in result["tree_loss"]:
+    ]
+    for r in rows:
 
         def ms(kernel, r=r):
             return f"{r[kernel + '_s'] * 1e3:9.3f}" if f"{kernel}_s" in r else f"{'-':>9}"
@@ -555,14 +569,7 @@ def table(result: dict) -> str:
             f"{r['tree']:<6}{r['num_nodes']:>8}{ms('subtree')}{ms('dense')}{ms('auto')}{ms('authors')}  "
             f"{r['auto_picks']:<9}{speedup('subtree')}{speedup('dense')}{speedup('authors')}"
         )
-    t = result["train_step"]
-    out += [
-        "",
-        f"train step at {t['input']} px, batch {t['batch']}, {t['pairs']} paired runs: HRN {t['hrn_s']:.3f} s "
-        f"({t['hrn_images_per_s']:.1f} img/s), ResNet-50 {t['resnet50_s']:.3f} s "
-        f"({t['resnet50_images_per_s']:.1f} img/s), median ratio {t['ratio_median']:.2f}",
-    ]
-    return "\n".join(out)
+    return out
 
 
 def data_table(d: dict) -> str:
@@ -603,6 +610,10 @@ def e2e_table(e: dict) -> str:
     )
 
 
+PARTS = ("tree_loss", "train_step", "data", "small_images")
+"""The parts of the full benchmark, in the order they run (``--only``)."""
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m hrn.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats: a smoke test")
@@ -618,7 +629,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--workers", type=int, default=None, help="loader workers (default: cores - 1, at most 15)"
     )
+    parser.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help=f"without --e2e: the parts to run, comma-separated, of {','.join(PARTS)} (default: all)",
+    )
     args = parser.parse_args(argv)
+    only = [part.strip() for part in args.only.split(",") if part.strip()]
+    unknown = sorted(set(only) - set(PARTS))
+    if unknown or not only:
+        parser.error(f"--only {args.only}: expected some of {','.join(PARTS)}")
     device = torch.device(args.device)
     torch.manual_seed(0)
     result: dict = {"machine": machine(device), "quick": args.quick}
@@ -636,11 +656,19 @@ def main(argv: list[str] | None = None) -> dict:
         )
         report = e2e_table(result["e2e"])
     else:
-        result["tree_loss"] = bench_tree_loss(args.quick, device)
-        result["train_step"] = bench_train_step(args.quick, device)
-        result["data"] = bench_data(args.quick, device, args.workers)
-        result["small_images"] = bench_small_images(args.quick)
-        report = "\n".join([table(result), data_table(result["data"]), small_table(result["small_images"])])
+        lines = []
+        if "tree_loss" in only:
+            result["tree_loss"] = bench_tree_loss(args.quick, device)
+        if "train_step" in only:
+            result["train_step"] = bench_train_step(args.quick, device)
+        lines.append(table(result))
+        if "data" in only:
+            result["data"] = bench_data(args.quick, device, args.workers)
+            lines.append(data_table(result["data"]))
+        if "small_images" in only:
+            result["small_images"] = bench_small_images(args.quick)
+            lines.append(small_table(result["small_images"]))
+        report = "\n".join(lines)
     write_json(args.out, result)
     print(report)
     print(f"wrote {args.out}")

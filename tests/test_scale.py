@@ -171,6 +171,21 @@ def test_bench_quick_writes_json(tmp_path):
         assert "no Fashion-MNIST files" in small["skipped"]
 
 
+def test_bench_only_runs_the_parts_named(tmp_path, capsys):
+    result = bench_main(
+        ["--quick", "--device", "cpu", "--only", "small_images", "--out", str(tmp_path / "b.json")]
+    )
+    assert set(result) == {"machine", "quick", "small_images"}
+    assert set(json.loads((tmp_path / "b.json").read_text())) == set(result)
+    assert "machine:" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_main(["--only", "data,gpu", "--out", str(tmp_path / "never.json")])
+    assert (
+        "--only data,gpu: expected some of tree_loss,train_step,data,small_images" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "never.json").exists()
+
+
 @pytest.mark.slow
 def test_bench_e2e_times_whole_epochs_against_the_step_alone(tmp_path):
     result = bench_main(["--e2e", "--quick", "--workers", "1", "--out", str(tmp_path / "e2e.json")])
