@@ -2,10 +2,13 @@
 per-image reference; and the on-disk image cache."""
 
 import os
+import pickle
 import random
 import shutil
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -20,7 +23,7 @@ from hrn.data.augment import (
     resize_image,
     window,
 )
-from hrn.data.base import DataError, EpochShuffleSampler
+from hrn.data.base import DataError, EpochShuffleSampler, TensorImages
 from hrn.data.cache import CachedFiles
 from hrn.data.files import DecodedFiles
 from hrn.data.folder import folder
@@ -167,3 +170,25 @@ def test_resize_image_gives_three_channels():
     grey = torch.randint(0, 256, (1, 7, 9), dtype=torch.uint8)
     assert resize_image(grey, 5).shape == (3, 5, 5)
     assert resize_image(Image.new("L", (9, 7)), 5).shape == (3, 5, 5)
+
+
+def test_params_are_uniform_over_offsets_and_flips():
+    """The offsets come from a hash of (seed, epoch, index): each of the 9 offsets about equally often."""
+    a = Augment(resize=20, crop=16, padding=2)
+    draws = [a.params(1, e, i) for e in range(3) for i in range(3000)]
+    for part in range(2):
+        counts = Counter(d[part] for d in draws)
+        assert set(counts) == set(range(9))
+        assert all(900 < n < 1100 for n in counts.values()), counts  # 1,000 expected, std about 30
+    assert abs(sum(d[2] for d in draws) / len(draws) - 0.5) < 0.02
+    assert len(set(draws)) == 9 * 9 * 2  # every (top, left, flip) occurs
+
+
+def test_in_memory_images_pickle_without_a_second_copy():
+    """Spawned loader workers get the images once (the numpy view is rebuilt, not sent)."""
+    source = TensorImages(torch.randint(0, 256, (50, 1, 28, 28), dtype=torch.uint8), 32)
+    state = source.__getstate__()
+    assert "_arrays" not in state
+    back = pickle.loads(pickle.dumps(source))
+    np.testing.assert_array_equal(back.image(3, 1.0), source.image(3, 1.0))
+    assert back.image(3, 1.0).shape == (1, 32, 32)

@@ -71,7 +71,8 @@ class ImageSource:
         raise NotImplementedError
 
     def image(self, i: int, scale: float) -> np.ndarray | torch.Tensor:
-        """Image i at ``scale`` as an array (3, S, S) that :func:`~hrn.data.augment.window` can slice."""
+        """Image i at ``scale`` as an array (C, S, S), C = 3 or 1 (grey: :func:`~hrn.data.augment.window`
+        broadcasts it to three channels), that ``window`` can slice."""
         return self(i, scale)
 
     def windows(
@@ -115,6 +116,7 @@ class TensorImages(ImageSource):
             if same
             else torch.cat([TF.resize(c, [size, size], antialias=True) for c in images.split(4096)])
         )
+        self._arrays = self.resized.numpy()  # a view: indexing numpy costs a fraction of indexing a tensor
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -125,7 +127,17 @@ class TensorImages(ImageSource):
         return self.resized[i].expand(3, -1, -1)  # a view: grey stays one channel in memory
 
     def image(self, i: int, scale: float) -> np.ndarray:
-        return self(i, scale).numpy()
+        if scale < 1.0:
+            return self(i, scale).numpy()
+        return self._arrays[i]  # (C, S, S): grey stays one channel, window() broadcasts it
+
+    def __getstate__(self) -> dict:
+        # pickled for spawned workers: the numpy view would travel as a second copy of the images
+        return {k: v for k, v in self.__dict__.items() if k != "_arrays"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._arrays = self.resized.numpy()
 
 
 class Batch(NamedTuple):
