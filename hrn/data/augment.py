@@ -68,7 +68,8 @@ class Augment:
 
         A function of its arguments alone (Python's hash of a tuple of ints does not vary between processes), mixed
         into 64 random bits by :func:`_mix64`: 21 bits for each offset, the top bit for the flip. Seeding a
-        ``random.Random`` per sample did the same at about six times the cost, more than copying a small image's window.
+        ``random.Random`` per sample did the same at about six times the cost, more than copying a small image's
+        window.
         """
         bits = _mix64(hash((seed, epoch, index)))
         positions = self.resize + 2 * self.padding - self.crop + 1
