@@ -30,7 +30,7 @@ class Predictor(nn.Module):
     """A trained network + its tree: images -> per-node marginals, a root-to-leaf path, leaf softmax.
 
     ``forward`` is tensor ops only (no loop over the batch, no branch on values), so ``torch.jit.trace`` and
-    ``torch.onnx.export`` record it once for any batch size. The tree is turned into index buffers here.
+    ``torch.onnx.export`` record it once for any batch size. The tree's index buffers are the tree loss's.
 
     Args:
         net: a network returning :class:`hrn.model.HRNOutput` (HRN or a baseline of ``hrn.baselines``).
@@ -63,8 +63,6 @@ class Predictor(nn.Module):
         self.uint8_input = uint8_input
         self.level_sizes = hierarchy.level_sizes
         self.offsets = hierarchy.offsets
-        for lvl, parents in enumerate(hierarchy.level_parents, start=2):  # (n_l,) local parent index
-            self.register_buffer(f"parents_l{lvl}", parents, persistent=False)
         self.register_buffer(
             "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
         )
@@ -81,7 +79,7 @@ class Predictor(nn.Module):
         path = [node]
         for lvl in range(2, len(self.level_sizes) + 1):  # a fixed number of levels, unrolled by tracing
             # (B, n_l): the children of each sample's node keep their marginal, the others drop below any (>= 0)
-            children = getattr(self, f"parents_l{lvl}") == node.unsqueeze(1)
+            children = self.tree.parents(lvl) == node.unsqueeze(1)
             node = torch.where(children, levels[lvl - 1], -1.0).argmax(1)
             path.append(node + self.offsets[lvl - 1])
         return torch.stack(path, dim=1)

@@ -227,12 +227,12 @@ class TreeLoss(nn.Module):
         fits = sum(self.level_sizes) <= DENSE_MAX_NODES
         return "dense" if device.type == "cuda" and fits else "subtree"
 
-    def _parents(self, level: int) -> torch.Tensor:
-        """(n_level,) local index of each node's parent in level - 1 (level >= 2)."""
+    def parents(self, level: int) -> torch.Tensor:
+        """(n_level,) local index of each node's parent in level - 1 (level >= 2), on the loss's device."""
         return getattr(self, f"parents_l{level}")
 
     def _all_parents(self) -> list[torch.Tensor]:
-        return [self._parents(lvl) for lvl in range(2, len(self.level_sizes) + 1)]
+        return [self.parents(lvl) for lvl in range(2, len(self.level_sizes) + 1)]
 
     def _check(self, scores: torch.Tensor) -> torch.Tensor:
         """Validate the shape; return the scores in at least fp32 (log-sum-exp over many nodes needs it, even
@@ -268,7 +268,7 @@ class TreeLoss(nn.Module):
         parts = [p]
         for lvl in range(len(self.level_sizes), 1, -1):  # each level collects its children's mass
             above = p.new_zeros(p.shape[0], self.level_sizes[lvl - 2])
-            parts.insert(0, above.index_add(1, self._parents(lvl), parts[0]))
+            parts.insert(0, above.index_add(1, self.parents(lvl), parts[0]))
         return torch.cat(parts, dim=1)
 
     def node_probabilities(self, output, source: str = "sigmoid") -> torch.Tensor:
