@@ -3,9 +3,10 @@
 Finds every run directory (one with ``.hydra/overrides.yaml``, at any depth, or the given directory itself) and
 groups the runs into rows by *method*: the run's overrides less those named in :data:`NOT_METHOD`, sorted and
 joined by spaces (``loss=leaf_ce model.gsb=false``; ``hrn (default)`` when none is left). Overrides that every run
-has (``experiment=...``) leave the row names when there are two methods or more, and results.md names them once. The relabel ratio and
-the seed come from the run's ``.hydra/config.yaml``, so defaults count too. A run is ``ok`` when it wrote
-``metrics.json`` and ``failed`` otherwise (it crashed or is still running); failed runs are listed, never averaged.
+has (``experiment=...``) leave the row names when there are two methods or more, and results.md names them once.
+The relabel ratio and the seed come from the run's ``.hydra/config.yaml``, so defaults count too. A run is ``ok``
+when it wrote ``metrics.json`` and ``failed`` otherwise (it crashed or is still running); failed runs are listed,
+never averaged.
 
 Writes, atomically, into the first directory (or ``--out DIR``):
 
@@ -82,7 +83,6 @@ class Run:
     metrics: dict[str, float] | None  # None: no (readable) metrics.json
     reason: str = ""  # why a run counts as failed
     overrides: list[str] = field(default_factory=list)
-    shared: list[str] = field(default_factory=list)  # method overrides every run of the report has
 
     @property
     def status(self) -> str:
@@ -114,7 +114,8 @@ def _method_parts(overrides: Iterable[str]) -> list[str]:
 def method_of(overrides: Iterable[str], shared: Iterable[str] = ()) -> str:
     """The row a run belongs to: its overrides less :data:`NOT_METHOD` and less ``shared`` (the settings every
     run of the report has), sorted, space-joined."""
-    left = [part for part in _method_parts(overrides) if part not in set(shared)]
+    shared = set(shared)
+    left = [part for part in _method_parts(overrides) if part not in shared]
     return " ".join(left) or DEFAULT_METHOD
 
 
@@ -225,7 +226,6 @@ def find_runs(paths: Sequence[str | Path]) -> list[Run]:
     shared = shared_settings(list(runs.values()))
     for run in runs.values():
         run.method = method_of(run.overrides, shared)
-        run.shared = shared
     return sorted(runs.values(), key=_run_order)
 
 
@@ -346,7 +346,7 @@ def markdown(runs: list[Run], sources: Sequence[str] = ()) -> str:
         "`n=0`: runs there, none finished with that metric; `–`: no runs.",
         "",
     ]
-    shared = runs[0].shared if runs else []
+    shared = shared_settings(runs)
     if shared:
         lines += [
             f"Settings every run has, left out of the row names: {', '.join(f'`{_escape(s)}`' for s in shared)}.",

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from hrn.report import DEFAULT_METHOD, find_runs, main, method_of, summary
+from hrn.report import DEFAULT_METHOD, find_runs, main, method_of, shared_settings, summary
 
 LEAF_CE = "loss=leaf_ce"
 # (method, ratio, seed) -> test/acc_l1, test/acc_l2, test/ap_micro; dyadic numbers, so means are exact
@@ -248,4 +248,4 @@ def test_settings_every_run_shares_leave_the_row_names(tmp_path):
     assert set(table(md, "## Accuracy per level")) == {DEFAULT_METHOD, LEAF_CE}
     # one method alone keeps its whole name: stripped, it would read as the default
     (single,) = find_runs([root / "b"])
-    assert single.method == "experiment=study loss=leaf_ce" and single.shared == []
+    assert single.method == "experiment=study loss=leaf_ce" and shared_settings([single]) == []
