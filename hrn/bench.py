@@ -359,9 +359,8 @@ def bench_small_images(quick: bool) -> dict:
         edges = [f"{h.names[h.parent_of(v)]},{h.names[v]}" for v in range(h.offsets[1], h.num_nodes)]
         (root / "tree.csv").write_text("parent,child\n" + "\n".join(edges) + "\n")
         lines = ["path,label,split"]
-        for i, image in enumerate(
-            memory.train.source.images
-        ):  # the same images, as the files a user would have
+        # the same images, as the files a user would have
+        for i, image in enumerate(memory.train.source.images):
             Image.fromarray(image[0].numpy()).save(root / "img" / f"{i:05d}.png")
             lines.append(f"img/{i:05d}.png,{h.names[memory.train.targets[i]]},train")
         lines.append(f"img/00000.png,{CLASSES[0]},test")

@@ -102,9 +102,9 @@ def window(
 ) -> np.ndarray:
     """Copy the crop window ``box = (top, left, flip)`` (offsets in the padded image, see
     :meth:`Augment.params`) of a resized image (3, S, S), or (1, S, S) for grey, into ``out`` (3, crop, crop)
-    uint8 (a grey window fills all three channels), mirrored when
-    ``flip``; where the window reaches into the padding, zeros (as RandomCrop's default fill). Reads nothing
-    outside the window, so from a memory map this is the only read."""
+    uint8 (a grey window fills all three channels), mirrored when ``flip``; where the window reaches into the
+    padding, zeros (as RandomCrop's default fill). Reads nothing outside the window, so from a memory map this is
+    the only read."""
     top, left, flip = box
     size, crop, pad = augment.resize, augment.crop, augment.padding
     t0, l0 = top - pad, left - pad  # window origin in image coordinates (may be negative: padding)
@@ -146,7 +146,7 @@ def reference_train_transform(
     image: Image.Image | torch.Tensor, augment: Augment, params: tuple[int, int, int]
 ) -> torch.Tensor:
     """The training transform of one image with torchvision's per-image ops, at given (top, left, flip): the
-    reference that :class:`BatchTransform` must equal. -> float (3, crop, crop)."""
+    reference that :func:`window` then :func:`normalize` must equal. -> float (3, crop, crop)."""
     top, left, flip = params
     x = resize_image(image, augment.resize)
     if augment.padding:

@@ -115,9 +115,8 @@ class CachedFiles(ImageSource):
                 continue
             self.folder.mkdir(parents=True, exist_ok=True)
             with open(path.with_suffix(".lock"), "w") as lock:
-                fcntl.flock(
-                    lock, fcntl.LOCK_EX
-                )  # another process may be building it: wait, then use its file
+                # another process may be building it: wait, then use its file
+                fcntl.flock(lock, fcntl.LOCK_EX)
                 if not path.is_file():
                     self._build(scale, path)
 
