@@ -2,7 +2,7 @@
 
 Loads the dataset and applies the protocols exactly as ``hrn.train`` does (checking every image on the way), then
 prints the tree's level sizes, each split's size and how many samples carry a label at each level, and how many
-training images were relabelled and degraded. Trains nothing.
+training images were relabelled and degraded (:meth:`hrn.data.base.DataSplits.summary`). Trains nothing.
 """
 
 from __future__ import annotations
@@ -12,29 +12,17 @@ import json
 import hydra
 from omegaconf import DictConfig
 
-from hrn.app import CONF_DIR, apply_ratio_settings, build_data, report_errors
-from hrn.data.base import DataSplits
+from hrn.cli.build import build_data
+from hrn.cli.config import CONF_DIR, apply_ratio_settings
+from hrn.cli.errors import report_errors
 
-
-def describe(data: DataSplits) -> dict:
-    h = data.hierarchy
-    protocol = data.info.get("protocol", {})
-    out = {"dataset": data.name, "tree": {"levels": h.level_sizes, "num_nodes": h.num_nodes}}
-    for split in ("train", "val", "test"):
-        images = getattr(data, split)
-        out[split] = {"num_samples": len(images), "labelled_at_level": images.labelled_at_level(h)}
-    out["val_is_test"] = data.val is data.test
-    out["relabelled"] = protocol.get("relabelled", 0)
-    out["degraded"] = protocol.get("degraded", 0)
-    out["skipped_images"] = data.info.get("skipped_images", 0)
-    out["protocol"] = protocol
-    return out
+__all__ = ["main"]
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    print(json.dumps(describe(build_data(apply_ratio_settings(cfg)))))
+    print(json.dumps(build_data(apply_ratio_settings(cfg)).summary()))
 
 
 if __name__ == "__main__":

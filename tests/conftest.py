@@ -80,3 +80,18 @@ def compiled_graphs(monkeypatch) -> list[bool]:
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend=backend, **kw))
     yield graphs
     torch._dynamo.reset()
+
+
+def greedy_path(marginals: torch.Tensor, h: Hierarchy, node: int | None = None) -> list[int]:
+    """The oracle of the top-down path, one sample at a time with a Python walk over the tree: (N,) marginals -> a
+    root-to-leaf path (global indices, one per level). ``node=None``: the most probable level-1 node, then its most
+    probable child, and so on. A node index: its ancestors, the node, then below it the most probable child at
+    each level."""
+    off = h.offsets
+    path = [int(marginals[: off[1]].argmax()) if node is None else node]
+    while h.parent_of(path[0]) >= 0:
+        path.insert(0, h.parent_of(path[0]))
+    for lvl in range(len(path), h.num_levels):
+        children = (h.level_parents[lvl - 1] == path[-1] - off[lvl - 1]).nonzero().flatten() + off[lvl]
+        path.append(int(children[marginals[children].argmax()]))
+    return path

@@ -1,4 +1,4 @@
-"""The compared methods (hrn.baselines): shapes, hand-checked losses, C-HMCNN's coherence, one Lightning step and
+"""The compared methods (hrn.nets.compared, hrn.losses.compared): shapes, hand-checked losses, C-HMCNN's coherence, one Lightning step and
 a fast_dev_run through the real Hydra config for each."""
 
 import functools
@@ -12,21 +12,13 @@ from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, TensorDataset
 
 from hrn import Hierarchy
-from hrn.app import CONF_DIR, load_checkpoint
-from hrn.baselines import (
-    CHMCNN,
-    HMCLMLP,
-    HMCNF,
-    BaselineOutput,
-    ChangLoss,
-    ChangNet,
-    HMCLMLPLoss,
-    HMCNFLoss,
-    MCLoss,
-    max_constraint,
-)
-from hrn.lit import HRNModule
+from hrn.checkpoints import load_checkpoint
+from hrn.cli.config import CONF_DIR
+from hrn.losses import ChangLoss, HMCLMLPLoss, HMCNFLoss, MCLoss
+from hrn.nets import CHMCNN, HMCLMLP, HMCNF, BaselineOutput, ChangNet
+from hrn.nets.compared import max_constraint
 from hrn.train import train
+from hrn.training import HRNModule
 
 METHODS = {  # config name: (network, loss, small network arguments, small Hydra overrides)
     "chmcnn": (CHMCNN, MCLoss, {"width": 16}, ["model.width=32"]),
@@ -112,10 +104,14 @@ def test_param_groups_split_trunk_and_head(tree3, name):
 def test_channels_last_gives_the_same_outputs(tree3):
     torch.manual_seed(0)
     a = HMCNF(tree3, trunk="resnet18", width=16, dim=8).eval()
-    b = HMCNF(tree3, trunk="resnet18", width=16, dim=8, channels_last=True).eval()
+    b = HMCNF(tree3, trunk="resnet18", width=16, dim=8).eval()
     b.load_state_dict(a.state_dict())
+    b.to(
+        memory_format=torch.channels_last
+    )  # what HRNModule(channels_last=True) does to its network and batches
     x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(a(x).scores(), b(x).scores(), rtol=1e-4, atol=1e-5)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(a(x).scores(), b(cl).scores(), rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- C-HMCNN
@@ -309,7 +305,7 @@ def test_one_optimiser_step_through_the_lightning_module(tree3, tmp_path, name):
     net_cls, loss_cls, kwargs, _ = METHODS[name]
     torch.manual_seed(0)
     net = net_cls(tree3, trunk="resnet18", **kwargs)
-    description = {  # what hrn.app.build_module records, so the checkpoint rebuilds itself
+    description = {  # what hrn.cli.build.build_module records (under the paths checkpoints before 0.2 used)
         "net": {"_target_": f"hrn.baselines.{net_cls.__name__}", "trunk": "resnet18", **kwargs},
         "loss": {"_target_": f"hrn.baselines.{loss_cls.__name__}"},
     }
@@ -334,10 +330,10 @@ def test_one_optimiser_step_through_the_lightning_module(tree3, tmp_path, name):
     assert any(not torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))
     # the checkpoint rebuilds the same network and loss (as hrn.evaluate and hrn.predict do)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
-    loaded, _ = load_checkpoint(tmp_path / "m.ckpt")
-    assert type(loaded.net) is net_cls and type(loaded.loss) is loss_cls
+    loaded = load_checkpoint(tmp_path / "m.ckpt")
+    assert type(loaded.net) is net_cls and type(loaded.build_loss()) is loss_cls
     with torch.no_grad():
-        torch.testing.assert_close(loaded(images).scores(), module.eval()(images).scores())
+        torch.testing.assert_close(loaded.net(images).scores(), module.eval()(images).scores())
 
 
 def make_cfg(run_dir: Path, *overrides: str):
@@ -346,10 +342,10 @@ def make_cfg(run_dir: Path, *overrides: str):
 
 
 LOSS_TARGETS = {
-    "chmcnn": "hrn.baselines.MCLoss",
-    "hmcnf": "hrn.baselines.HMCNFLoss",
-    "chang": "hrn.baselines.ChangLoss",
-    "hmclmlp": "hrn.baselines.HMCLMLPLoss",
+    "chmcnn": "hrn.losses.MCLoss",
+    "hmcnf": "hrn.losses.HMCNFLoss",
+    "chang": "hrn.losses.ChangLoss",
+    "hmclmlp": "hrn.losses.HMCLMLPLoss",
 }
 
 
@@ -357,7 +353,7 @@ LOSS_TARGETS = {
 def test_model_config_selects_its_loss_and_the_command_line_wins(tmp_path, name):
     cfg = make_cfg(tmp_path, f"model={name}")
     assert cfg.loss._target_ == LOSS_TARGETS[name]
-    assert cfg.model._target_ == f"hrn.baselines.{METHODS[name][0].__name__}"
+    assert cfg.model._target_ == f"hrn.nets.{METHODS[name][0].__name__}.build"
     assert (
         cfg.model.trunk == "resnet18" and cfg.model.pretrained is False
     )  # the synthetic dataset still picks

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from hrn.data.base import DataError, apply_protocols, downsample, kept_count, relabel
+from hrn.data.augment import downsample
+from hrn.data.base import DataError
+from hrn.data.protocols import apply_protocols, kept_count, relabel
 from hrn.data.synthetic import make_images, synthetic, synthetic_hierarchy
 
 

@@ -9,14 +9,15 @@ import torch
 from PIL import Image
 
 from hrn.data.aircraft import aircraft
-from hrn.data.augment import resize_image
-from hrn.data.base import DataError, apply_protocols, downsample
+from hrn.data.augment import downsample, resize_image
+from hrn.data.base import DataError
 from hrn.data.cars import cars, cars_hierarchy
 from hrn.data.cub import cub, cub_hierarchy, species_name
 from hrn.data.files import read_pairs, shipped, shipped_names
 from hrn.data.folder import folder
+from hrn.data.protocols import apply_protocols
 from hrn.errors import HRNError
-from hrn.hierarchy import Hierarchy
+from hrn.tree import Hierarchy
 from tests import fixtures
 
 SMALL = {"resize": 20, "crop": 16, "num_workers": 0}

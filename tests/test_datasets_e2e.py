@@ -9,7 +9,9 @@ import pytest
 import torchvision
 from hydra import compose, initialize_config_dir
 
-from hrn.app import CONF_DIR, build_data, build_module, report_errors
+from hrn.cli.build import build_data, build_module
+from hrn.cli.config import CONF_DIR
+from hrn.cli.errors import report_errors
 from hrn.data.augment import default_padding
 from hrn.train import train
 from tests import fixtures

@@ -13,13 +13,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from hrn import Hierarchy
-from hrn.app import CONF_DIR, CheckpointError, load_checkpoint
-from hrn.data.synthetic import make_images
+from hrn import HRN, Hierarchy, TreeProbabilities
+from hrn.checkpoints import CheckpointError, load_checkpoint
+from hrn.cli.config import CONF_DIR
+from hrn.data.synthetic import make_images, synthetic_hierarchy
 from hrn.evaluate import evaluate
-from hrn.predict import greedy_path, predict
+from hrn.predict import predict
 from hrn.train import train
 from tests import fixtures
+from tests.conftest import greedy_path
 from tests.test_train import TINY
 
 TEST_SIZE = 12 * 3  # TINY: 3 test images per leaf
@@ -111,6 +113,58 @@ def test_truncated_checkpoint(trained, tmp_path):
         load_checkpoint(cut)
 
 
+def test_load_checkpoint_gives_the_plain_network_without_hydra_or_lightning(trained):
+    code = (
+        "import sys, hrn\n"
+        "m = hrn.load_checkpoint(sys.argv[1])\n"
+        "print(type(m.net).__name__, m.net.training, m.tree_scores, m.resize, m.crop, len(m.hierarchy.names))\n"
+        "print(sorted(k for k in ('hydra', 'omegaconf', 'lightning', 'pytorch_lightning') if k in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(trained[0])], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["HRN False sigmoid 32 32 21", "[]"]
+
+
+@pytest.mark.parametrize("loss", ["composite", "leaf_ce"])
+def test_a_checkpoint_of_the_earlier_layout_loads(tmp_path, loss):
+    """What hrn.train wrote before the package's layout of 0.2: hrn.model.HRN, the builder's settings and
+    channels_last beside the network's, no tree_scores (the loss says it)."""
+    h = synthetic_hierarchy()
+    net = HRN(h, trunk="resnet18", width=16, dim=8).eval()
+    target = {"composite": "hrn.losses.CompositeLoss", "leaf_ce": "hrn.losses.LeafCELoss"}[loss]
+    meta = {
+        "tree": h.to_dict(),
+        "net": {
+            "_target_": "hrn.model.HRN",
+            "trunk": "resnet18",
+            "pretrained": False,
+            "weights": None,
+            "width": 16,
+            "dim": 8,
+            "gsb": True,
+            "combine": "sum",
+            "relu": True,
+            "trunk_lr_scale": 0.1,
+            "channels_last": False,
+        },  # fmt: skip
+        "loss": {"_target_": target},
+        "data": {"name": "synthetic", "resize": 32, "crop": 32, "padding": 2},
+    }
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "hrn": meta, "epoch": 0}, tmp_path / "old.ckpt")
+    model = load_checkpoint(tmp_path / "old.ckpt")
+    assert type(model.net) is HRN and model.tree_scores == ("sigmoid" if loss == "composite" else "leaf")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.net(images).scores(), net(images).scores(), rtol=0, atol=0)
+    meta["net"]["_target_"] = "os.system"  # a checkpoint names only the package's own networks
+    torch.save({"state_dict": state, "hrn": meta}, tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointError, match="network 'os.system' is not one of the package's"):
+        load_checkpoint(tmp_path / "foreign.ckpt")
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("images")
@@ -123,7 +177,7 @@ def images(tmp_path_factory) -> Path:
 def test_predict_paths_are_valid_and_from_the_checkpoint_alone(trained, images):
     results = list(predict(str(trained[0]), [str(images / "img0.png"), str(images / "img2.png")], top_k=3))
     assert [Path(r["path"]).name for r in results] == ["img0.png", "img2.png"]
-    h = load_checkpoint(trained[0])[0].hierarchy
+    h = load_checkpoint(trained[0]).hierarchy
     for r in results:
         path = r["path_prediction"]
         assert [p["level"] for p in path] == [1, 2, 3]
@@ -135,10 +189,11 @@ def test_predict_paths_are_valid_and_from_the_checkpoint_alone(trained, images):
         assert r["leaf_softmax_top_k"][0]["prob"] >= r["leaf_softmax_top_k"][1]["prob"]
 
 
-def test_greedy_path_follows_children():
+def test_top_down_path_follows_children():
     h = Hierarchy.from_edges([("a", "b"), ("a", "c"), ("x", "y"), ("b", "d"), ("c", "e"), ("y", "z")])
     m = torch.tensor([0.6, 0.4, 0.2, 0.35, 0.4, 0.2, 0.3, 0.39])  # a x | b c y | d e z
-    assert [h.names[i] for i in greedy_path(m, h)] == ["a", "c", "e"]  # not y, whose parent is x
+    path = TreeProbabilities(h).top_down_path(m[None])[0].tolist()
+    assert [h.names[i] for i in path] == ["a", "c", "e"] == [h.names[i] for i in greedy_path(m, h)]  # not y
 
 
 def run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from hrn.app import CONF_DIR, apply_ratio_settings
+from hrn.cli.config import CONF_DIR, apply_ratio_settings
 from tests.test_train import TINY
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
@@ -38,19 +38,19 @@ def test_paper_configs_hold_the_paper_settings(dataset):
     )
     assert cfg.dataset.val_fraction == 0  # the authors select on test, and the config says so
     assert cfg.model.trunk == "resnet50" and cfg.model.pretrained is True and cfg.model.width is None
-    assert cfg.model.optimizer.lr == 0.002 and cfg.model.trunk_lr_scale == 0.1
-    assert cfg.model.optimizer.momentum == 0.9 and cfg.model.optimizer.weight_decay == 5e-4
-    assert cfg.model.scheduler._target_.endswith("CosineAnnealingLR")
+    assert cfg.optimizer.lr == 0.002 and cfg.model.trunk_lr_scale == 0.1
+    assert cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 5e-4
+    assert cfg.scheduler._target_.endswith("CosineAnnealingLR")
     assert cfg.loss._target_ == "hrn.losses.CompositeLoss"
     same = apply_ratio_settings(cfg)
-    assert same.model.optimizer.lr == 0.002  # nothing special at 0.5
+    assert same.optimizer.lr == 0.002  # nothing special at 0.5
 
 
 @pytest.mark.parametrize("dataset", ["cub", "aircraft", "cars"])
 def test_paper_special_case_at_ratio_0_9(dataset):
     cfg = apply_ratio_settings(make_cfg(f"experiment=paper_{dataset}", "relabel_ratio=0.9"))
-    assert cfg.model.optimizer.lr == 1e-4 and cfg.model.trunk_lr_scale == 1.0  # one lr for every layer
-    assert OmegaConf.to_container(cfg.model.scheduler) == {
+    assert cfg.optimizer.lr == 1e-4 and cfg.model.trunk_lr_scale == 1.0  # one lr for every layer
+    assert OmegaConf.to_container(cfg.scheduler) == {
         "_target_": "torch.optim.lr_scheduler.StepLR",
         "_partial_": True,
         "step_size": 60,

@@ -12,14 +12,14 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from torchvision.transforms import v2
 
-from hrn import HRN, Hierarchy, TreeLoss
-from hrn.app import CONF_DIR, CheckpointError, load_checkpoint
-from hrn.baselines import CHMCNN, HMCLMLP, HMCNF, ChangNet
+from hrn import HRN, Hierarchy, TreeLoss, TreeProbabilities
+from hrn.checkpoints import CheckpointError, load_checkpoint
+from hrn.cli.config import CONF_DIR
 from hrn.data.augment import eval_transform
 from hrn.data.files import ImageFiles
 from hrn.data.synthetic import make_images
 from hrn.deploy import OUTPUT_NAMES, Predictor
-from hrn.export import (
+from hrn.deploy.formats import (
     ExportError,
     build_predictor,
     export,
@@ -28,9 +28,10 @@ from hrn.export import (
     run_exported,
     torchscript_bytes,
 )
-from hrn.predict import greedy_path, predict
+from hrn.nets import CHMCNN, HMCLMLP, HMCNF, ChangNet
+from hrn.predict import predict
 from hrn.train import train
-from tests.conftest import random_tree
+from tests.conftest import greedy_path, random_tree
 from tests.test_train import TINY
 
 # predict prints probabilities rounded to 6 decimals (error <= 5e-7); the runtimes add ~1e-7 (measured)
@@ -77,15 +78,22 @@ def test_top_down_path_is_greedy_path_on_random_trees(seed, scale):
     h = random_tree(depth=2 + seed % 3, seed=seed, max_children=4)
     scores = torch.randn(16, h.num_nodes, generator=torch.Generator().manual_seed(seed)) * scale
     marginals, want = tree_marginals_and_path(h, scores)
-    got = Predictor(torch.nn.Identity(), h).top_down_path(marginals)
+    got = TreeProbabilities(h).top_down_path(marginals)
     assert got.dtype == torch.int64 and got.shape == (16, h.num_levels)
     assert torch.equal(got, want)
+    # through a given node of any level (-1: the row's own prediction), as Grad-CAM's named targets
+    through = torch.randint(-1, h.num_nodes, (16,), generator=torch.Generator().manual_seed(seed))
+    pinned = TreeProbabilities(h).top_down_path(marginals, through)
+    want = [
+        greedy_path(m, h, None if int(t) < 0 else int(t)) for m, t in zip(marginals, through, strict=True)
+    ]
+    assert pinned.tolist() == want
 
 
 def test_top_down_path_ties_take_the_first_child(small_tree):
     # levels: a x | b c y | d e f z w ; b and c tie under a, e and d tie under b, y is better but under x
     m = torch.tensor([[0.6, 0.4, 0.3, 0.3, 0.35, 0.1, 0.1, 0.2, 0.3, 0.3]])
-    got = Predictor(torch.nn.Identity(), small_tree).top_down_path(m)
+    got = TreeProbabilities(small_tree).top_down_path(m)
     assert got.tolist() == [greedy_path(m[0], small_tree)] == [[0, 2, 5]]
 
 
@@ -153,13 +161,13 @@ def test_bad_tree_scores(small_tree):
 
 
 def test_predictor_from_a_checkpoint_equals_its_module(trained, image_files):
-    module, meta = load_checkpoint(trained)
+    module = load_checkpoint(trained)
     predictor, _ = build_predictor(trained)
     images = torch.stack([eval_transform(32, 32)(ImageFiles(image_files)(i)) for i in range(5)])
     with torch.no_grad():
         output = module.net(images)
         marginals, path, leaf_probs = predictor(images)
-    want = module.tree.marginals(output.scores(module.tree_scores))
+    want = TreeProbabilities(module.hierarchy).marginals(output.scores(module.tree_scores))
     assert predictor.tree_scores == module.tree_scores and not any(
         p.requires_grad for p in predictor.parameters()
     )
@@ -286,7 +294,7 @@ def test_a_model_that_disagrees_is_not_written(trained, tmp_path, monkeypatch):
         marginals, path, leaf_probs = run_exported(model, images)
         return marginals + 1e-3, path, leaf_probs
 
-    monkeypatch.setattr("hrn.export.run_exported", off_by_a_bit)
+    monkeypatch.setattr("hrn.deploy.formats.run_exported", off_by_a_bit)
     out = tmp_path / "model.pt"
     with pytest.raises(ExportError, match=r"model.pt: not written: the exported model disagrees"):
         export(trained, "torchscript", out)

@@ -12,11 +12,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from hrn.app import CONF_DIR
+from hrn.cli.config import CONF_DIR
 from hrn.data.augment import resize_image
-from hrn.data.base import DataError, apply_protocols
+from hrn.data.base import DataError
 from hrn.data.fashion_mnist import CLASSES, DEBIAN_ROOT, fashion_mnist, find_files
 from hrn.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx, read_images_and_labels
+from hrn.data.protocols import apply_protocols
 from hrn.evaluate import evaluate
 from hrn.train import train
 from tests import fixtures

@@ -10,13 +10,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from hrn import HRN
-from hrn.app import CONF_DIR, CheckpointError, load_checkpoint
+from hrn import HRN, TreeProbabilities
+from hrn.checkpoints import CheckpointError, load_checkpoint
+from hrn.cli.config import CONF_DIR
 from hrn.data.base import DataError
 from hrn.data.synthetic import make_images, synthetic_hierarchy
-from hrn.gradcam import DPI, PANEL_INCHES, CAMError, gradcam, level_cams, load_images
-from hrn.predict import greedy_path
+from hrn.explain.cams import DPI, PANEL_INCHES, CAMError, gradcam, level_cams, load_images
 from hrn.train import train
+from tests.conftest import greedy_path
 from tests.test_train import TINY
 
 # A ResNet trunk divides by 32: 64 px give 2 x 2 feature maps (32 px would give one cell, a flat map).
@@ -49,7 +50,8 @@ def images(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def loaded(trained, images):
-    module, meta = load_checkpoint(trained)
+    module = load_checkpoint(trained)
+    meta = module.description
     batch = load_images(images, meta["data"]["resize"], meta["data"]["crop"])
     return module, batch
 
@@ -83,7 +85,9 @@ def test_predicted_path_and_probabilities_are_the_tree_marginals(loaded):
     h = module.hierarchy
     result = level_cams(module.net, batch, h)
     with torch.no_grad():
-        marginals = module.tree.marginals(module.net(batch).scores(module.tree_scores))
+        marginals = TreeProbabilities(module.hierarchy).marginals(
+            module.net(batch).scores(module.tree_scores)
+        )
     for i in range(len(batch)):
         path = [h.index(result.nodes[lvl][i]) for lvl in range(3)]
         assert path == greedy_path(marginals[i], h)

@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from hydra.utils import get_class
 
-from hrn.app import CONF_DIR
+from hrn.cli.config import CONF_DIR
 from tests.test_train import LEVEL_KEYS, ROOT, TINY
 
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
@@ -90,7 +90,8 @@ def test_wheel_in_a_fresh_venv_runs_outside_the_checkout(tmp_path):
     # build from a copy of what the wheel is made of: no build/ or *.egg-info left in the checkout, and no stale
     # build/lib leaking into the wheel
     src = tmp_path / "src"
-    shutil.copytree(ROOT / "hrn", src / "hrn", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("hrn", "conf"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     run(

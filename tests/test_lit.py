@@ -9,8 +9,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from hrn import HRN, CompositeLoss, Hierarchy, HRNOutput
-from hrn.lit import CHECKPOINT_KEY, HRNModule
+from hrn.checkpoints import CHECKPOINT_KEY
+from hrn.data.base import Batch
 from hrn.losses import LeafCELoss
+from hrn.training import HRNModule
 
 
 @pytest.fixture
@@ -162,3 +164,44 @@ def test_leaf_only_methods_rank_ap_by_the_leaf_softmax(tree, tmp_path):
     paper = make_module(h, ScriptedNet(h, script))  # the same net under HRN's loss: AP from its sigmoid heads
     (metrics,) = trainer(tmp_path).validate(paper, loader(targets), verbose=False)
     assert metrics["val/ap_micro"] < 0.9
+
+
+def test_channels_last_converts_the_network_and_its_batches(tree):
+    torch.manual_seed(0)
+    net = HRN(tree, trunk="resnet18", width=16, dim=8).eval()
+    plain = make_module(tree, net)
+    cl = HRNModule(
+        HRN(tree, trunk="resnet18", width=16, dim=8).eval(), CompositeLoss(tree), tree, channels_last=True
+    )
+    cl.net.load_state_dict(net.state_dict())
+    weight = cl.net.trunk[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    targets = torch.tensor([tree.index("d"), tree.index("z")])
+    batch = cl.on_after_batch_transfer(Batch(images, targets, torch.arange(2)), 0)
+    assert batch.images.dtype == torch.float32 and batch.images.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    want = plain.on_after_batch_transfer(Batch(images, targets, torch.arange(2)), 0)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            cl(batch.images).scores(), plain(want.images).scores(), rtol=1e-4, atol=1e-5
+        )
+
+
+def test_an_evaluation_only_module_has_no_optimizer(tree):
+    module = HRNModule(HRN(tree, trunk="resnet18", width=16, dim=8), CompositeLoss(tree), tree)
+    with pytest.raises(RuntimeError, match="built without an optimizer"):
+        module.configure_optimizers()
+
+
+def test_a_loss_states_where_probabilities_come_from(tree):
+    class Bare(nn.Module):
+        def forward(self, output, targets):
+            return output.leaf_logits.sum()
+
+    with pytest.raises(TypeError, match="Bare is not a hierarchical loss: it needs tree_scores"):
+        HRNModule(HRN(tree, trunk="resnet18", width=16, dim=8), Bare(), tree)
+    assert (
+        HRNModule(HRN(tree, trunk="resnet18", width=16, dim=8), LeafCELoss(tree), tree).tree_scores == "leaf"
+    )

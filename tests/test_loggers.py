@@ -7,7 +7,8 @@ import sys
 import pytest
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from hrn.train import MissingPackageError, build_loggers, train
+from hrn.cli.build import MissingPackageError, build_loggers
+from hrn.train import train
 from tests.test_train import make_cfg
 
 ONE_EPOCH = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from hrn import CompositeLoss, Hierarchy, HRNOutput, TreeLoss
 from hrn.losses import DENSE_MAX_NODES, LeafCELoss, LossError
+from hrn.tree.probabilities import TreeScoresError
 from tests.conftest import dense_log_marginals, random_tree
 
 # Every exactness and stability assertion runs for both ways of computing the loss.
@@ -223,7 +224,7 @@ def test_leaf_ce_drops_coarse_labelled_samples(small_tree):
     expected = -(z[1] - _lse(z))  # e is leaf 1; the b-labelled sample does not count
     terms = LeafCELoss(h)(out, targets)
     torch.testing.assert_close(terms.total, expected)
-    assert LeafCELoss.coarse_from_leaf
+    assert LeafCELoss.tree_scores == "leaf"  # a leaf-only method: coarse answers from the leaf softmax
 
 
 def test_per_level_ce_counts_levels_at_or_above_the_label(small_tree):
@@ -275,5 +276,7 @@ def test_leaf_marginals_sum_the_leaf_softmax_up_the_tree(seed):
 
 
 def test_unknown_score_source_is_one_line(small_tree):
-    with pytest.raises(LossError, match="score source must be one of sigmoid, logits, leaf, got 'softmax'"):
+    with pytest.raises(
+        TreeScoresError, match="tree_scores must be one of sigmoid, logits, leaf, got 'softmax'"
+    ):
         TreeLoss(small_tree).node_probabilities(_output(small_tree, 1, seed=0), "softmax")

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from hrn import HRN, Hierarchy
-from hrn.model import TRUNKS, ModelError, build_trunk
+from hrn.nets import TRUNKS, ModelError, build_trunk
 
 
 def cub_like_tree() -> Hierarchy:
@@ -27,7 +27,7 @@ def test_cub_parameter_count_equals_the_authors_model():
     #          = 4,096 + 2,098,176 + 2,048 + 524,800 = 2,629,120, ×3                        =  7,887,360
     #   heads  513·13 + 513·38 + 513·200 (sigmoid) + 513·200 (leaf softmax)                 =    231,363
     #   total                                                                                = 94,559,747
-    net = HRN(cub_like_tree(), trunk="resnet50", pretrained=False)
+    net = HRN(cub_like_tree(), trunk="resnet50")
     assert count(net.trunk) == 23_508_032
     assert count(net.gsbs) == 3 * 20_977_664
     assert count(net.projections) == 3 * 2_629_120
@@ -58,8 +58,15 @@ VARIANTS = [
 def test_every_variant_gives_shapes_without_nans(kwargs):
     h = small_tree()
     kwargs = {"trunk": "resnet18", "width": 32, "dim": 16, **kwargs}
+    channels_last = kwargs.pop("channels_last", False)  # the LightningModule's switch: network and batches
     net = HRN(h, **kwargs)
-    out = net(torch.randn(2, 3, 64, 64))
+    images = torch.randn(2, 3, 64, 64)
+    if channels_last:
+        net, images = (
+            net.to(memory_format=torch.channels_last),
+            images.contiguous(memory_format=torch.channels_last),
+        )
+    out = net(images)
     assert [t.shape for t in out.sigmoid] == [(2, n) for n in h.level_sizes]
     assert out.leaf_logits.shape == (2, h.level_sizes[-1])
     assert out.scores().shape == (2, h.num_nodes)
@@ -105,7 +112,7 @@ def test_weights_file_loads_into_the_trunk(tmp_path):
     ref = torchvision.models.resnet18()
     torch.save(ref.state_dict(), tmp_path / "r18.pth")
     trunk = build_trunk("resnet18", weights=tmp_path / "r18.pth")
-    torch.testing.assert_close(trunk[0].weight, ref.conv1.weight)
+    torch.testing.assert_close(trunk.module[0].weight, ref.conv1.weight)
     with pytest.raises(ModelError, match="file not found"):
         build_trunk("resnet18", weights=tmp_path / "missing.pth")
     torch.save({"nope": torch.zeros(1)}, tmp_path / "bad.pth")
@@ -125,7 +132,7 @@ def test_pretrained_loads_imagenet_weights(monkeypatch):
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", fake_get_state_dict)
     trunk = build_trunk("resnet18", pretrained=True)
     assert asked == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1]
-    torch.testing.assert_close(trunk[0].weight, ref["conv1.weight"])
+    torch.testing.assert_close(trunk.module[0].weight, ref["conv1.weight"])
 
 
 def test_pretrained_offline_says_how_to_fix(monkeypatch):

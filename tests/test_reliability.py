@@ -16,10 +16,11 @@ from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, TensorDataset
 
 from hrn import HRN, CompositeLoss, Hierarchy
-from hrn.app import CONF_DIR, CheckpointError, read_checkpoint
-from hrn.lit import AtomicCheckpointIO, HRNModule, NonFiniteError
+from hrn.checkpoints import CheckpointError, read_checkpoint
+from hrn.cli.config import CONF_DIR
 from hrn.losses import LossTerms
 from hrn.train import train
+from hrn.training import AtomicCheckpointIO, HRNModule, NonFiniteError
 from tests.test_train import TINY
 
 

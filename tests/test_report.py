@@ -12,7 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from hrn.report import DEFAULT_METHOD, find_runs, main, method_of, shared_settings, summary
+from hrn.report import main
+from hrn.reports import DEFAULT_METHOD, find_runs, method_of, shared_settings, summary
 
 LEAF_CE = "loss=leaf_ce"
 # (method, ratio, seed) -> test/acc_l1, test/acc_l2, test/ap_micro; dyadic numbers, so means are exact

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from hrn import HRN, CompositeLoss, Hierarchy
-from hrn.bench import AuthorsTreeLoss, _interleaved, balanced_tree
 from hrn.bench import main as bench_main
+from hrn.benchmarks.timing import interleaved
+from hrn.benchmarks.tree_loss import AuthorsTreeLoss, balanced_tree
 from hrn.losses import TreeLoss
 from tests import fixtures
 
@@ -38,13 +39,17 @@ def test_bf16_mixed_and_channels_last_stay_close_to_fp32(tree):
     bf16 = _loss(net, tree, images, targets, on=True)
     assert torch.isfinite(bf16) and bf16.dtype == torch.float32  # the tree loss and CE run in fp32
     assert bf16.item() == pytest.approx(fp32.item(), rel=0.05)
-    cl = HRN(tree, trunk="resnet18", width=32, dim=16, channels_last=True).eval()
+    cl = HRN(tree, trunk="resnet18", width=32, dim=16).eval()
     cl.load_state_dict(net.state_dict())
-    torch.testing.assert_close(_loss(cl, tree, images, targets), fp32, rtol=1e-4, atol=1e-4)
+    cl.to(
+        memory_format=torch.channels_last
+    )  # what HRNModule(channels_last=True) does to its network and batches
+    cl_images = images.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(_loss(cl, tree, cl_images, targets), fp32, rtol=1e-4, atol=1e-4)
 
 
 def test_compile_switch_keeps_checkpoint_keys(tree, monkeypatch):
-    from hrn.lit import HRNModule
+    from hrn.training import HRNModule
 
     compiled = []
     # the wiring, not the compiler
@@ -59,7 +64,7 @@ def test_static_compiled_picks_one_shape_per_mode(compiled_graphs):
     """The first shape of a mode is compiled; a smaller batch runs eagerly; a larger batch of the same image size
     (an epoch that started with its partial batch) is compiled instead, and from then on the smaller one is eager;
     another image size runs eagerly."""
-    from hrn.lit import StaticCompiled
+    from hrn.training import StaticCompiled
 
     net = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
     forward = StaticCompiled(net)
@@ -79,7 +84,7 @@ def test_static_compiled_picks_one_shape_per_mode(compiled_graphs):
 def test_compiled_net_has_one_graph_per_mode_and_runs_other_shapes_eagerly(tree, compiled_graphs):
     """Train and eval mode each compile once, at the first batch size seen in that mode; a partial batch runs
     eagerly (no new graph); the compiled outputs and gradients equal the eager network's."""
-    from hrn.lit import StaticCompiled
+    from hrn.training import StaticCompiled
 
     torch.manual_seed(0)
     net = HRN(tree, trunk="resnet18", width=16, dim=8)
@@ -132,7 +137,7 @@ def test_the_benched_formulations_agree():
 
 def test_interleaved_timing_alternates_the_order_every_round():
     calls = []
-    rounds = _interleaved(
+    rounds = interleaved(
         {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, torch.device("cpu")
     )
     assert len(rounds) == 3 and all(set(r) == {"a", "b"} and min(r.values()) > 0 for r in rounds)

@@ -11,8 +11,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from hrn import Hierarchy
-from hrn.app import CONF_DIR
-from hrn.train import SettingError, apply_matmul_precision, build_callbacks, resolve_matmul_precision, train
+from hrn.cli.build import build_callbacks
+from hrn.cli.config import CONF_DIR
+from hrn.cli.training import SettingError, apply_matmul_precision, resolve_matmul_precision
+from hrn.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [  # shrink the default synthetic run to seconds
@@ -45,7 +47,7 @@ def test_default_config_composes_with_all_groups(tmp_path):
     assert {"dataset", "model", "loss", "trainer", "callbacks", "logger", "seed", "relabel_ratio"} <= set(cfg)
     assert cfg.dataset._target_ == "hrn.data.synthetic.synthetic"
     assert cfg.model.trunk == "resnet18" and cfg.model.pretrained is False  # chosen by the dataset
-    assert cfg.model.scheduler.T_max == cfg.trainer.max_epochs
+    assert cfg.scheduler.T_max == cfg.trainer.max_epochs
     # the command line wins over what the dataset picks
     assert make_cfg(tmp_path, "model.trunk=resnet34").model.trunk == "resnet34"
 
@@ -115,7 +117,7 @@ def test_matmul_precision_key_is_applied_once_and_logged(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: gpu)
     monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
-    with caplog.at_level("INFO", logger="hrn.train"):
+    with caplog.at_level("INFO", logger="hrn.cli.training"):
         apply_matmul_precision(make_cfg(tmp_path, *overrides))
     assert calls == ([expected] if expected else [])
     (line,) = [r.getMessage() for r in caplog.records if "matmul precision" in r.getMessage()]
@@ -136,13 +138,13 @@ class CompileCounts(L.Callback):
 
 @pytest.mark.slow
 def test_compiled_run_compiles_two_graphs_whatever_the_epochs_and_partial_batches(tmp_path, compiled_graphs):
-    """model.compile=true over 3 epochs, batch 20: train 48 = 20+20+8, val 24 = 20+4, test 36 = 20+16, so every
+    """compile=true over 3 epochs, batch 20: train 48 = 20+20+8, val 24 = 20+4, test 36 = 20+16, so every
     stage ends with a partial batch. One evaluation graph (validation and test share it) and one training graph
     are compiled in the first epoch, and nothing after, not even for the test."""
     CompileCounts.graphs, CompileCounts.counts = compiled_graphs, []
     cfg = make_cfg(
         tmp_path,
-        "model.compile=true",
+        "compile=true",
         "dataset.batch_size=20",
         "trainer.max_epochs=3",
         "+callbacks.compiles._target_=tests.test_train.CompileCounts",

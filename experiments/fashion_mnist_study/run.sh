@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Fashion-MNIST study: relabel ratio {0, 0.5, 0.7, 0.9} x {HRN (sigmoid scores into the tree loss, the paper),
 # HRN with raw logits into the tree loss, leaf CE only, per-level CE, coarse-label constraint, C-HMCNN} x 3 seeds
-# on the real Fashion-MNIST files (hrn/conf/experiment/fashion_mnist_study.yaml), on the CPU; then one report.
+# on the real Fashion-MNIST files (conf/experiment/fashion_mnist_study.yaml), on the CPU; then one report.
 # Runs go to multirun/fashion_mnist_study/ (not committed); results.md, results.csv and the plot land beside this
 # script. Two sweeps run side by side with one thread each: small 32 px convolutions use two cores poorly.
 # Needs the files: apt-get install dataset-fashion-mnist (or dataset.root=... on the command line, see README).

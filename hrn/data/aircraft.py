@@ -19,8 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hrn.data.base import DataError, DataSplits
-from hrn.data.files import Sample, make_splits, order_by_list, read_pairs, shipped
-from hrn.hierarchy import Hierarchy
+from hrn.data.files import FileSettings, Sample, make_splits, order_by_list, read_pairs, shipped
+from hrn.tree import Hierarchy
 
 __all__ = ["aircraft"]
 
@@ -86,19 +86,10 @@ def aircraft_hierarchy(names: dict[str, dict[str, str]], where: Path) -> Hierarc
     return Hierarchy.from_edges([(rename[p], rename.get(c, c)) for p, c in shipped_tree.edges])
 
 
-def aircraft(
-    root: str,
-    batch_size: int = 8,
-    num_workers: int = 4,
-    resize: int = 550,
-    crop: int = 448,
-    padding: int | None = None,
-    cache: bool = True,
-    cache_dir: str | None = None,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    on_bad_image: str = "error",
-) -> DataSplits:
+def aircraft(root: str, **settings) -> DataSplits:
+    """FGVC-Aircraft under ``root`` (the folder holding ``fgvc-aircraft-2013b/``); ``settings``: the loader settings
+    (:class:`~hrn.data.files.FileSettings`, batch 8 unless they say otherwise)."""
+    files = FileSettings.of("aircraft", settings, batch_size=8)
     data = Path(root).expanduser() / "fgvc-aircraft-2013b" / "data"
     if not data.is_dir():
         raise DataError(f"dataset.root={root}: {data} not found; expected {LAYOUT}")
@@ -122,15 +113,6 @@ def aircraft(
         h,
         train,
         samples["test"],
-        val_fraction=val_fraction,
-        split_seed=split_seed,
-        on_bad_image=on_bad_image,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        resize=resize,
-        crop=crop,
-        padding=padding,
-        cache=cache,
-        cache_dir=cache_dir,
+        files,
         source=f"the index files under {data}",
     )

@@ -29,6 +29,7 @@ from hrn.errors import HRNError
 __all__ = [
     "Augment",
     "default_padding",
+    "downsample",
     "eval_transform",
     "normalize",
     "reference_train_transform",
@@ -117,6 +118,13 @@ def window(
         src, dc0, dc1 = src[:, :, ::-1], crop - dc1, crop - dc0
     out[:, dr0:dr1, dc0:dc1] = src
     return out
+
+
+def downsample(image: Image.Image | torch.Tensor, scale: float) -> Image.Image | torch.Tensor:
+    """Bilinear downsample by ``scale`` (the paper's low-resolution protocol), before the usual transforms."""
+    h, w = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[-2:]
+    size = [max(1, round(h * scale)), max(1, round(w * scale))]
+    return TF.resize(image, size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

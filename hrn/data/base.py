@@ -1,32 +1,27 @@
 """What every dataset shares: image sources, a labelled-image dataset, the paper's protocols and the loaders.
 
-A dataset of the package is a :class:`DataSplits`: a :class:`~hrn.hierarchy.Hierarchy` and three
+A dataset of the package is a :class:`DataSplits`: a :class:`~hrn.tree.Hierarchy` and three
 :class:`LabelledImages` (train / val / test) whose targets are node indices of that hierarchy, each serving its
 images through an :class:`ImageSource` as uint8 crop windows (:mod:`hrn.data.augment`); the normalisation to float
-happens on whole batches, on the training device. The protocols (relabel, degrade) act on the training split only; the
-test split is never relabelled or degraded.
+happens on whole batches, on the training device. The paper's protocols (relabel, degrade) are in
+:mod:`hrn.data.protocols`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from hrn.data.augment import Augment, resize_image, window
+from hrn.data.augment import Augment, downsample, resize_image, window
 from hrn.errors import HRNError
-from hrn.hierarchy import Hierarchy
+from hrn.tree import Hierarchy
 
 __all__ = [
     "Batch",
@@ -35,8 +30,6 @@ __all__ = [
     "ImageSource",
     "LabelledImages",
     "TensorImages",
-    "check_relabel_ratio",
-    "relabel",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,13 +37,6 @@ log = logging.getLogger(__name__)
 
 class DataError(HRNError):
     """Bad data or a bad data setting. One line, naming the file, key or value and how to fix it."""
-
-
-def downsample(image: Image.Image | torch.Tensor, scale: float) -> Image.Image | torch.Tensor:
-    """Bilinear downsample by ``scale`` (the paper's low-resolution protocol), before the usual transforms."""
-    h, w = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[-2:]
-    size = [max(1, round(h * scale)), max(1, round(w * scale))]
-    return TF.resize(image, size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
 
 
 class ImageSource:
@@ -265,6 +251,22 @@ class DataSplits:
         a = self.augment
         self.info.update(resize=a.resize, crop=a.crop, padding=a.padding)
 
+    def summary(self) -> dict:
+        """What training would see (``python -m hrn.inspect``): the tree's level sizes, each split's size and how
+        many of its samples carry a label at each level, and what the protocols relabelled and degraded."""
+        h = self.hierarchy
+        protocol = self.info.get("protocol", {})
+        out = {"dataset": self.name, "tree": {"levels": h.level_sizes, "num_nodes": h.num_nodes}}
+        for split in ("train", "val", "test"):
+            images = getattr(self, split)
+            out[split] = {"num_samples": len(images), "labelled_at_level": images.labelled_at_level(h)}
+        out["val_is_test"] = self.val is self.test
+        out["relabelled"] = protocol.get("relabelled", 0)
+        out["degraded"] = protocol.get("degraded", 0)
+        out["skipped_images"] = self.info.get("skipped_images", 0)
+        out["protocol"] = protocol
+        return out
+
     def loader(self, split: str, shuffle: bool | None = None) -> DataLoader:
         """A loader over ``split`` yielding :class:`Batch` es of uint8 images (normalise them on the device:
         :func:`~hrn.data.augment.normalize`); training shuffles, crops and flips as a function of (seed, epoch)
@@ -285,88 +287,3 @@ class DataSplits:
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
-
-
-def check_relabel_ratio(ratio: float) -> float:
-    if not isinstance(ratio, int | float) or not 0.0 <= float(ratio) < 1.0:
-        raise DataError(
-            f"relabel_ratio={ratio!r} is outside [0, 1): it is the share of each leaf class's "
-            "training images relabelled to the parent (0 = none; 1 would leave no leaf label)"
-        )
-    return float(ratio)
-
-
-def kept_count(n: int, ratio: float) -> int:
-    """``ceil(n · (1 - ratio))``, robust to float error: 30 · (1 - 0.7) = 9.000000000000002 must keep 9."""
-    return math.ceil(round(n * (1.0 - ratio), 9))
-
-
-def relabel(
-    targets: Sequence[int], hierarchy: Hierarchy, ratio: float, order: str = "file", seed: int = 0
-) -> tuple[list[int], list[bool]]:
-    """The paper's relabelling protocol (§4): per leaf class, keep the leaf label on ``ceil(n·(1 - ratio))`` of its
-    training images and relabel the rest to the leaf's parent (level L - 1).
-
-    Args:
-        targets: node index per sample; only leaf-labelled samples take part.
-        ratio: ``relabel_ratio`` in [0, 1).
-        order: ``"file"`` keeps the first images in list order (the authors' choice, deterministic);
-            ``"random"`` keeps a seeded random choice per class.
-        seed: seed of the random choice.
-    Returns:
-        the new targets and, per sample, whether it was relabelled.
-    """
-    ratio = check_relabel_ratio(ratio)
-    if order not in ("file", "random"):
-        raise DataError(f"relabel.order={order!r}: expected 'file' (the authors' choice) or 'random'")
-    by_class: dict[int, list[int]] = {}
-    for i, t in enumerate(targets):
-        if hierarchy.is_leaf(t):
-            by_class.setdefault(t, []).append(i)
-    new = list(targets)
-    changed = [False] * len(new)
-    rng = random.Random(seed)
-    for leaf in sorted(by_class):
-        members = by_class[leaf]
-        if order == "random":
-            members = rng.sample(members, len(members))
-        parent = hierarchy.parent_of(leaf)
-        for i in members[kept_count(len(members), ratio) :]:
-            new[i], changed[i] = parent, True
-    return new, changed
-
-
-def apply_protocols(
-    data: DataSplits,
-    relabel_ratio: float = 0.0,
-    relabel_order: str = "file",
-    degrade_scale: float = 1.0,
-    degrade_apply_to: str = "relabelled",
-    seed: int = 0,
-) -> None:
-    """Relabel and degrade ``data.train`` in place (paper §4); val and test stay as they are.
-
-    ``degrade_scale < 1`` downsamples the chosen training images (``"relabelled"`` ones or ``"all"``) before the
-    usual transforms. Records what it did in ``data.info["protocol"]``.
-    """
-    if not isinstance(degrade_scale, int | float) or not 0.0 < float(degrade_scale) <= 1.0:
-        raise DataError(
-            f"degrade.scale={degrade_scale!r} must be in (0, 1] (1 = off; the paper's study uses 0.25)"
-        )
-    if degrade_apply_to not in ("relabelled", "all"):
-        raise DataError(f"degrade.apply_to={degrade_apply_to!r}: expected 'relabelled' or 'all'")
-    data.seed = seed
-    train = data.train
-    train.targets, changed = relabel(train.targets, data.hierarchy, relabel_ratio, relabel_order, seed)
-    if degrade_scale < 1.0:
-        train.degraded = [True] * len(train) if degrade_apply_to == "all" else list(changed)
-        train.degrade_scale = float(degrade_scale)
-    data.info["protocol"] = {
-        # identifies the training labels, so a resumed run can check it relabelled the same images
-        "train_labels_sha256": hashlib.sha256(repr((train.paths, train.targets)).encode()).hexdigest(),
-        "relabel_ratio": float(relabel_ratio),
-        "relabel_order": relabel_order,
-        "relabelled": sum(changed),
-        "degrade_scale": float(degrade_scale),
-        "degraded": sum(train.degraded),
-    }

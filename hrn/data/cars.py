@@ -27,8 +27,8 @@ import logging
 from pathlib import Path
 
 from hrn.data.base import DataError, DataSplits
-from hrn.data.files import Sample, make_splits, read_pairs, shipped, shipped_names
-from hrn.hierarchy import Hierarchy
+from hrn.data.files import FileSettings, Sample, make_splits, read_pairs, shipped, shipped_names
+from hrn.tree import Hierarchy
 
 __all__ = ["cars"]
 
@@ -81,19 +81,10 @@ def _folder_layout(root: Path) -> tuple[dict[str, str], dict[str, list[tuple[Pat
     return names, splits
 
 
-def cars(
-    root: str,
-    batch_size: int = 8,
-    num_workers: int = 4,
-    resize: int = 550,
-    crop: int = 448,
-    padding: int | None = None,
-    cache: bool = True,
-    cache_dir: str | None = None,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    on_bad_image: str = "error",
-) -> DataSplits:
+def cars(root: str, **settings) -> DataSplits:
+    """Stanford Cars under ``root``, in either layout; ``settings``: the loader settings
+    (:class:`~hrn.data.files.FileSettings`, batch 8 unless they say otherwise)."""
+    files = FileSettings.of("cars", settings, batch_size=8)
     base = Path(root).expanduser()
     if (base / "stanford_cars").is_dir():
         names, splits = _torchvision_layout(base)
@@ -113,15 +104,6 @@ def cars(
         h,
         samples["train"],
         samples["test"],
-        val_fraction=val_fraction,
-        split_seed=split_seed,
-        on_bad_image=on_bad_image,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        resize=resize,
-        crop=crop,
-        padding=padding,
-        cache=cache,
-        cache_dir=cache_dir,
+        files,
         source=f"the Stanford Cars lists under {base}",
     )

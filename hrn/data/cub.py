@@ -29,8 +29,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from hrn.data.base import DataError, DataSplits
-from hrn.data.files import Sample, make_splits, order_by_list, read_pairs, shipped, shipped_names
-from hrn.hierarchy import Hierarchy
+from hrn.data.files import (
+    FileSettings,
+    Sample,
+    make_splits,
+    order_by_list,
+    read_pairs,
+    shipped,
+    shipped_names,
+)
+from hrn.tree import Hierarchy
 
 __all__ = ["cub"]
 
@@ -61,19 +69,10 @@ def cub_hierarchy(classes_txt: Path) -> Hierarchy:
     )
 
 
-def cub(
-    root: str,
-    batch_size: int = 8,
-    num_workers: int = 4,
-    resize: int = 550,
-    crop: int = 448,
-    padding: int | None = None,
-    cache: bool = True,
-    cache_dir: str | None = None,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    on_bad_image: str = "error",
-) -> DataSplits:
+def cub(root: str, **settings) -> DataSplits:
+    """CUB-200-2011 under ``root`` (the folder holding ``CUB_200_2011/``); ``settings``: the loader settings
+    (:class:`~hrn.data.files.FileSettings`, batch 8 unless they say otherwise)."""
+    files = FileSettings.of("cub", settings, batch_size=8)
     base = Path(root).expanduser() / "CUB_200_2011"
     if not base.is_dir():
         raise DataError(f"dataset.root={root}: {base} not found; expected {LAYOUT}")
@@ -105,15 +104,6 @@ def cub(
         h,
         train,
         test,
-        val_fraction=val_fraction,
-        split_seed=split_seed,
-        on_bad_image=on_bad_image,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        resize=resize,
-        crop=crop,
-        padding=padding,
-        cache=cache,
-        cache_dir=cache_dir,
+        files,
         source=f"the index files under {base}",
     )

@@ -23,7 +23,7 @@ from hrn.data.augment import Augment, default_padding
 from hrn.data.base import DataError, DataSplits, LabelledImages, TensorImages
 from hrn.data.files import held_out, shipped
 from hrn.data.idx import read_images_and_labels
-from hrn.hierarchy import Hierarchy
+from hrn.tree import Hierarchy
 
 __all__ = ["fashion_mnist", "fashion_mnist_hierarchy", "find_files", "CLASSES", "DEBIAN_ROOT"]
 

@@ -5,25 +5,29 @@ them from the image cache), split a validation set off the training list, and tu
 from __future__ import annotations
 
 import csv
+import glob
 import logging
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from hrn.data.augment import Augment, default_padding, resize_image
-from hrn.data.base import DataError, DataSplits, ImageSource, LabelledImages, downsample
+from hrn.data.augment import Augment, default_padding, downsample, resize_image
+from hrn.data.base import DataError, DataSplits, ImageSource, LabelledImages
 from hrn.data.cache import CachedFiles
-from hrn.hierarchy import Hierarchy
+from hrn.tree import Hierarchy
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "DecodedFiles",
+    "FileSettings",
     "ImageFiles",
     "Sample",
     "check_images",
+    "expand_images",
     "held_out",
     "make_splits",
     "shipped",
@@ -72,6 +76,36 @@ class ImageFiles:
                 return im.convert("RGB")
         except (OSError, UnidentifiedImageError, ValueError) as e:
             raise DataError(f"{path}: cannot decode the image ({type(e).__name__}: {e})") from None
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def expand_images(spec: str | Iterable[str]) -> list[Path]:
+    """A list of files, a folder or a glob -> the image files, in order. Missing ones are a one-line error."""
+    items = [spec] if isinstance(spec, str) else list(spec)
+    out: list[Path] = []
+    for item in map(str, items):
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(
+                    f"images={item}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
+            out += found
+        elif any(c in item for c in "*?["):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            if not found:
+                raise DataError(f"images={item}: the pattern matches no file")
+            out += found
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise DataError(f"images: {item}: image not found")
+    if not out:
+        raise DataError("images=[]: give at least one image, a folder or a glob")
+    return out
 
 
 class DecodedFiles(ImageSource):
@@ -161,45 +195,79 @@ def split_off_validation(
     return train, val
 
 
+@dataclass(frozen=True)
+class FileSettings:
+    """The loader settings every dataset read from image files takes (``cub``, ``aircraft``, ``cars``, ``folder``),
+    under the same config keys (``dataset.batch_size``, ...).
+
+    Attributes:
+        batch_size, num_workers: the loaders'.
+        resize, crop, padding: the paper's transforms, Resize(resize) -> RandomCrop(crop, padding) (test: the centre
+            crop); ``padding=None`` scales the paper's 8 px at 448 with the crop.
+        cache, cache_dir: serve the resized images from the on-disk cache (``hrn.data.cache``, in ``cache_dir``),
+            built on first use; ``cache=False`` decodes every image every epoch.
+        val_fraction, split_seed: a seeded per-class share of the training images held out for validation;
+            ``val_fraction=0`` validates on the test split, as the authors did (model selection on test).
+        on_bad_image: ``"error"``, or ``"skip"`` undecodable images (counted and logged).
+    """
+
+    batch_size: int = 32
+    num_workers: int = 4
+    resize: int = 550
+    crop: int = 448
+    padding: int | None = None
+    cache: bool = True
+    cache_dir: str | None = None
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    on_bad_image: str = "error"
+
+    @classmethod
+    def of(cls, dataset: str, settings: Mapping, **defaults) -> FileSettings:
+        """The settings a dataset factory was given (``settings``, its keyword arguments) over that dataset's own
+        ``defaults``; a key that is not a setting is one line naming the valid ones."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(settings) - set(names))
+        if unknown:
+            raise DataError(
+                f"dataset.{unknown[0]}: not a setting of the {dataset} dataset; its loader settings are "
+                f"{', '.join(names)}"
+            )
+        return cls(**{**defaults, **settings})
+
+    def augment(self) -> Augment:
+        return Augment(
+            self.resize, self.crop, default_padding(self.crop) if self.padding is None else self.padding
+        )
+
+
 def make_splits(
     name: str,
     hierarchy: Hierarchy,
     train: list[Sample],
     test: list[Sample],
+    settings: FileSettings,
     *,
     val: list[Sample] | None = None,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    on_bad_image: str = "error",
-    batch_size: int = 32,
-    num_workers: int = 4,
-    resize: int = 550,
-    crop: int = 448,
-    padding: int | None = None,
-    cache: bool = True,
-    cache_dir: str | None = None,
     source: str = "the dataset's index files",
 ) -> DataSplits:
-    """Check the files, hold out validation (unless ``val`` is given) and build :class:`DataSplits`.
-
-    ``val_fraction=0`` validates on the test split, as the authors did (model selection on test). ``padding=None``
-    scales the paper's 8 px at 448 with the crop. ``cache=True`` serves the resized images from the on-disk cache
-    (``hrn.data.cache``, in ``cache_dir``), built on first use; ``False`` decodes every image every epoch.
-    """
-    augment = Augment(resize, crop, default_padding(crop) if padding is None else padding)
+    """Check the files, hold out validation (unless ``val`` is given) and build :class:`DataSplits` with the
+    loader ``settings``."""
+    s = settings
+    augment = s.augment()
     for split, samples in (("train", train), ("test", test)):
         if not samples:
             raise DataError(f"the {name} {split} split has no samples; check {source}")
-    train, skipped_train = check_images(train, on_bad_image, source)
-    test, skipped_test = check_images(test, on_bad_image, source)
+    train, skipped_train = check_images(train, s.on_bad_image, source)
+    test, skipped_test = check_images(test, s.on_bad_image, source)
     skipped = skipped_train + skipped_test
     if val is None:
-        if val_fraction == 0:
+        if s.val_fraction == 0:
             val = test
         else:
-            train, val = split_off_validation(train, val_fraction, split_seed)
+            train, val = split_off_validation(train, s.val_fraction, s.split_seed)
     else:
-        val, skipped_val = check_images(val, on_bad_image, source)
+        val, skipped_val = check_images(val, s.on_bad_image, source)
         skipped += skipped_val
     for split, samples in (("train", train), ("val", val), ("test", test)):
         if not samples:
@@ -207,9 +275,9 @@ def make_splits(
 
     def images(samples: list[Sample], split: str) -> LabelledImages:
         paths = [s.path for s in samples]
-        files: ImageSource = DecodedFiles(paths, resize)
-        if cache:
-            files = CachedFiles(files, f"{name}-{split}", cache_dir, num_workers)
+        files: ImageSource = DecodedFiles(paths, s.resize)
+        if s.cache:
+            files = CachedFiles(files, f"{name}-{split}", s.cache_dir, s.num_workers)
         return LabelledImages(files, [s.target for s in samples], [str(p) for p in paths], augment)
 
     test_images = images(test, "test")
@@ -219,8 +287,8 @@ def make_splits(
         test_images if val is test else images(val, "val"),
         test_images,
         augment,
-        batch_size=batch_size,
-        num_workers=num_workers,
+        batch_size=s.batch_size,
+        num_workers=s.num_workers,
         name=name,
         info={"skipped_images": skipped, "val_on_test": val is test},
     )

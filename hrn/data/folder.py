@@ -13,11 +13,12 @@ rows are held out for validation.
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 from hrn.data.base import DataError, DataSplits
-from hrn.data.files import Sample, make_splits, split_off_validation
-from hrn.hierarchy import Hierarchy, HierarchyError
+from hrn.data.files import FileSettings, Sample, make_splits, split_off_validation
+from hrn.tree import Hierarchy, HierarchyError
 
 __all__ = ["folder"]
 
@@ -70,18 +71,12 @@ def folder(
     tree: str = "tree.csv",
     labels: str = "labels.csv",
     pad: bool = False,
-    batch_size: int = 32,
-    num_workers: int = 4,
-    resize: int = 256,
-    crop: int = 224,
-    padding: int | None = None,
-    cache: bool = True,
-    cache_dir: str | None = None,
-    val_fraction: float = 0.1,
     test_fraction: float = 0.2,
-    split_seed: int = 0,
-    on_bad_image: str = "error",
+    **settings,
 ) -> DataSplits:
+    """The user's folder ``root`` (see the module docstring); ``settings``: the loader settings
+    (:class:`~hrn.data.files.FileSettings`; images resized to 256 and cropped to 224 unless they say otherwise)."""
+    files = FileSettings.of("folder", settings, resize=256, crop=224)
     base = Path(root).expanduser()
     if not base.is_dir():
         raise DataError(
@@ -100,25 +95,7 @@ def folder(
             raise DataError(
                 f"dataset.test_fraction={test_fraction!r} must be in (0, 1) when {labels} has no split column"
             )
-        train, test = split_off_validation([s for s, _ in rows], test_fraction, split_seed)
-        val_fraction = min(
-            val_fraction / (1.0 - test_fraction), 0.99
-        )  # a share of the whole, not of the rest
-    return make_splits(
-        "folder",
-        h,
-        train,
-        test,
-        val=val,
-        val_fraction=val_fraction,
-        split_seed=split_seed,
-        on_bad_image=on_bad_image,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        resize=resize,
-        crop=crop,
-        padding=padding,
-        cache=cache,
-        cache_dir=cache_dir,
-        source=str(base / labels),
-    )
+        train, test = split_off_validation([s for s, _ in rows], test_fraction, files.split_seed)
+        # val_fraction is a share of the whole, not of what the test split leaves
+        files = replace(files, val_fraction=min(files.val_fraction / (1.0 - test_fraction), 0.99))
+    return make_splits("folder", h, train, test, files, val=val, source=str(base / labels))

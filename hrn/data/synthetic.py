@@ -19,7 +19,7 @@ import torch
 
 from hrn.data.augment import Augment
 from hrn.data.base import DataSplits, LabelledImages, TensorImages
-from hrn.hierarchy import Hierarchy
+from hrn.tree import Hierarchy
 
 __all__ = ["synthetic", "synthetic_hierarchy", "make_images"]
 

@@ -1,0 +1,87 @@
+"""Evaluating a checkpoint from a composed config: what ``python -m hrn.evaluate`` does (``evaluate(cfg)``).
+
+Runs the test split (or ``split=val``) of the dataset the checkpoint was trained on (or the one given) and writes
+in its run directory:
+
+- ``metrics.json``: the flat metrics, ``test/acc_l1`` ... ``test/num_samples`` (prefix = the split);
+- ``predictions.npz``: ``scores`` (M, N) as used for ``ap_micro``, ``targets`` (M, N) multi-hot (label and
+  ancestors), ``preds`` (M, L) per-level predictions, ``paths`` (M,);
+- ``per_class.csv``: per node, its level, support and accuracy;
+- ``confusion_l{l}.png``: a confusion matrix per level.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from hrn.atomic import write_json
+from hrn.checkpoints import load_checkpoint
+from hrn.data.base import DataError, DataSplits
+from hrn.metrics import level_table
+from hrn.metrics.outputs import per_class_rows, write_confusions, write_per_class, write_predictions
+from hrn.tree import Hierarchy
+
+__all__ = ["check_same_tree", "dataset_config", "evaluate"]
+
+
+def dataset_config(cfg: DictConfig, meta: dict) -> dict:
+    """The checkpoint's dataset config with the non-null keys of ``cfg.dataset`` laid over it, or ``cfg.dataset``
+    itself when it names a dataset (``dataset=cub ...``)."""
+    given = OmegaConf.to_container(cfg.dataset, resolve=True)
+    if given.get("_target_"):
+        return given
+    stored = dict(meta.get("dataset") or {})
+    if not stored:
+        raise DataError("the checkpoint records no dataset; name one: dataset=<name> dataset.root=...")
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key not in stored:
+            raise DataError(
+                f"dataset.{key}: not a setting of the checkpoint's dataset "
+                f"({', '.join(k for k in stored if k != '_target_')})"
+            )
+        stored[key] = value
+    return stored
+
+
+def check_same_tree(data: DataSplits, trained: Hierarchy) -> None:
+    """One line when the dataset's tree is not the one the checkpoint was trained on."""
+    if data.hierarchy != trained:
+        raise DataError(
+            f"the {data.name} dataset's tree (levels {data.hierarchy.level_sizes}) differs from the checkpoint's "
+            f"(levels {trained.level_sizes}); evaluate on the dataset the checkpoint was trained on"
+        )
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; returns the flat metrics (also in ``metrics.json``)."""
+    if cfg.split not in ("test", "val"):
+        raise DataError(f"split={cfg.split!r}: expected 'test' or 'val'")
+    from hrn.training import HRNModule  # Lightning is imported only where a module is built
+
+    model = load_checkpoint(cfg.ckpt_path)
+    data: DataSplits = instantiate(dataset_config(cfg, model.description))
+    check_same_tree(data, model.hierarchy)
+    module = HRNModule(model.net, model.build_loss(), model.hierarchy, description=model.description)
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    images = getattr(data, cfg.split)
+    results = trainer.test(module, data.loader(cfg.split), verbose=False)
+    metrics = {k.replace("test/", f"{cfg.split}/", 1): float(v) for k, v in results[0].items()}
+    if trainer.is_global_zero:
+        run_dir = Path(cfg.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        records = module.eval_metrics["test"].records
+        paths = [images.paths[i] for i in records.index.tolist()] if (records.index >= 0).all() else []
+        write_json(run_dir / "metrics.json", metrics)
+        write_predictions(run_dir / "predictions.npz", records, data.hierarchy, paths)
+        write_per_class(run_dir / "per_class.csv", per_class_rows(records, data.hierarchy))
+        write_confusions(run_dir, records, data.hierarchy)
+        print(level_table(metrics, data.hierarchy.level_sizes, stage=cfg.split))
+        for key in ("ap_micro", "full_path_acc", "consistency", "mistake_severity", "num_samples"):
+            print(f"{key:<20}{metrics[f'{cfg.split}/{key}']:>10.4f}")
+        print(f"wrote {run_dir}/metrics.json, predictions.npz, per_class.csv, confusion_l*.png")
+    return metrics

@@ -1,0 +1,129 @@
+"""The Hierarchical Residual Network (Chen, Wang, Liu, Qian, CVPR 2022).
+
+    image ─ trunk (ResNet without avgpool/fc) ─ x (B, C, H/32, W/32)
+              ├─ GSB_1 ─ pool ─ proj_1 ─ h_1 ─┐ z_1 = ReLU(h_1)                 ─ head_1 ─ sigmoid ─ s_1
+              ├─ GSB_2 ─ pool ─ proj_2 ─ h_2 ─┤ z_2 = ReLU(h_1 + h_2)           ─ head_2 ─ sigmoid ─ s_2
+              └─ GSB_L ─ pool ─ proj_L ─ h_L ─┘ z_L = ReLU(h_1 + ... + h_L)     ─ head_L ─ sigmoid ─ s_L
+                                                                                └ leaf head ─ leaf logits (softmax)
+
+Shapes: B = batch, C = trunk channels (2048 for ResNet-50), F = GSB / projection width (1024 for ResNet-50),
+D = 512 (embedding), n_l = classes of level l.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hrn.nets.output import HRNOutput
+from hrn.nets.trunks import ModelError, Trunk, TrunkNetwork
+from hrn.tree import Hierarchy
+
+__all__ = ["COMBINES", "GSB", "HRN", "Projection"]
+
+COMBINES = ("sum", "concat", "none")
+
+
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
+    # BatchNorm momentum 0.01 as in the authors' BasicConv (a slow running average).
+    return [
+        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out, eps=1e-5, momentum=0.01),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class GSB(nn.Sequential):
+    """Granularity-specific block: 1x1 conv C->F, BN, ReLU, 3x3 conv F->C, BN, ReLU. (B, C, h, w) -> same shape."""
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__(*_conv_bn_relu(channels, width, 1), *_conv_bn_relu(width, channels, 3))
+
+
+class Projection(nn.Sequential):
+    """BN1d(C) -> Linear(C->F) -> BN1d(F) -> ELU -> Linear(F->D): pooled (B, C) -> h_l (B, D)."""
+
+    def __init__(self, channels: int, width: int, dim: int) -> None:
+        super().__init__(
+            nn.BatchNorm1d(channels),
+            nn.Linear(channels, width),
+            nn.BatchNorm1d(width),
+            nn.ELU(inplace=True),
+            nn.Linear(width, dim),
+        )
+
+
+class HRN(TrunkNetwork):
+    """Hierarchical Residual Network.
+
+    Build it with :meth:`HRN.build` to start the trunk from ImageNet weights or a file (``pretrained``,
+    ``weights``); ``HRN(...)`` itself builds the architecture with a randomly initialised trunk.
+
+    Args:
+        hierarchy: the label tree (only its level sizes are kept).
+        trunk: a trunk name (torchvision ResNets, :data:`hrn.nets.trunks.TRUNKS`) or a built
+            :class:`~hrn.nets.trunks.Trunk`.
+        width: F, width of the GSBs and projections; default C / 2 (1024 for ResNet-50, as the authors).
+        dim: D, width of the level embeddings h_l (512 in the paper).
+        gsb: use the granularity-specific blocks; off = the pooled trunk features go straight to the projections.
+        combine: hierarchical residual link: ``"sum"`` (paper, z_l = h_1 + ... + h_l), ``"concat"``
+            ([h_1, ..., h_l]) or ``"none"`` (z_l = h_l).
+        relu: apply ReLU after the combine (paper: on).
+        trunk_lr_scale: learning-rate factor of the trunk's parameter group (paper: 10x smaller).
+    """
+
+    def __init__(
+        self,
+        hierarchy: Hierarchy,
+        trunk: str | Trunk = "resnet50",
+        width: int | None = None,
+        dim: int = 512,
+        gsb: bool = True,
+        combine: str = "sum",
+        relu: bool = True,
+        trunk_lr_scale: float = 0.1,
+    ) -> None:
+        if combine not in COMBINES:
+            raise ModelError(f"unknown combine {combine!r}; valid: {', '.join(COMBINES)}")
+        super().__init__(hierarchy, trunk, trunk_lr_scale)
+        channels = self.channels
+        width = width or channels // 2
+        self.combine = combine
+        levels = range(len(self.level_sizes))
+        self.gsbs = nn.ModuleList(GSB(channels, width) for _ in levels) if gsb else None
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.projections = nn.ModuleList(Projection(channels, width, dim) for _ in levels)
+        self.act = nn.ReLU() if relu else nn.Identity()
+        head_in = [dim * (lvl + 1) if combine == "concat" else dim for lvl in levels]
+        self.heads = nn.ModuleList(nn.Linear(d, n) for d, n in zip(head_in, self.level_sizes, strict=True))
+        self.leaf_head = nn.Linear(head_in[-1], self.level_sizes[-1])
+
+    def forward_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> per level, the level feature z_l (B, D) or (B, l·D) for ``combine="concat"``."""
+        x = self.trunk(images)  # (B, C, h, w)
+        h = []  # h_l, (B, D) each
+        for lvl, proj in enumerate(self.projections):
+            x_l = self.gsbs[lvl](x) if self.gsbs is not None else x
+            h.append(proj(self.pool(x_l).flatten(1)))
+        if self.combine == "sum":  # each level adds its own features to all of its ancestors'
+            return [self.act(z) for z in torch.stack(h).cumsum(0)]
+        if self.combine == "concat":
+            return [self.act(torch.cat(h[: lvl + 1], dim=1)) for lvl in range(len(h))]
+        return [self.act(z) for z in h]
+
+    def forward_head(self, z: list[torch.Tensor]) -> HRNOutput:
+        """Level features -> sigmoid outputs per level and the leaf softmax logits."""
+        logits = [head(z_l) for head, z_l in zip(self.heads, z, strict=True)]  # (B, n_l) each
+        return HRNOutput(
+            sigmoid=[t.sigmoid() for t in logits], logits=logits, leaf_logits=self.leaf_head(z[-1])
+        )
+
+    def forward(self, images: torch.Tensor) -> HRNOutput:
+        return self.forward_head(self.forward_features(images))
+
+    def feature_layers(self, kind: str = "gsb") -> list[nn.Module]:
+        """Per level, the layer whose output shows where that level looks (Grad-CAM): its GSB, or the trunk's
+        last block for every level (``kind="trunk"`` or when GSBs are off)."""
+        if kind == "gsb" and self.gsbs is not None:
+            return list(self.gsbs)
+        return super().feature_layers()

@@ -1,0 +1,44 @@
+"""What Lightning's checkpoints get from us: atomic writes, and the random-generator states a resumed run needs to
+repeat an unbroken one."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from hrn.atomic import atomic_write_bytes
+
+__all__ = ["RNG_KEY", "AtomicCheckpointIO", "rng_states", "set_rng_states"]
+
+RNG_KEY = "hrn_rng"  # Python, NumPy and torch random states at save time, restored when training resumes
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it into place, so a kill during a save never
+    leaves a truncated checkpoint where ``ckpt_path=last`` would find it."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+def rng_states() -> dict:
+    """The Python, NumPy, torch (and CUDA) random-generator states, to save in a checkpoint."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what :func:`rng_states` saved."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
