@@ -8,8 +8,9 @@
    matrix fits). The kernels are timed in interleaved rounds; a speed-up of auto over another kernel is the median
    of the per-round ratios, with their range.
 2. Train step (forward + backward + SGD step) of HRN against a plain torchvision ResNet-50 classifier on the same
-   batch: the median ratio over paired runs, and images/s of each.
-3. Data pipeline: images/s decoded and transformed (the paper's training transform) by one worker.
+   batch: the median ratio over paired runs, and images/s of each; the same for a timm ConvNet and a timm ViT as
+   the trunk (``train_step_timm``), and the Fashion-MNIST recipe's step with each stem (``stems``).
+3. Data pipeline: images/s of the training loader on image files and on Fashion-MNIST.
 
 Every figure comes with the machine (CPU model and cores, or GPU name) and the settings.
 """
@@ -25,14 +26,14 @@ from hrn.atomic import write_json
 from hrn.benchmarks.data import bench_data, bench_small_images
 from hrn.benchmarks.tables import data_table, e2e_table, small_table, table
 from hrn.benchmarks.timing import machine
-from hrn.benchmarks.train_step import bench_train_step
+from hrn.benchmarks.train_step import bench_stems, bench_timm_train_steps, bench_train_step
 from hrn.benchmarks.tree_loss import bench_tree_loss
 from hrn.cli.e2e import bench_e2e
 
 __all__ = ["PARTS", "main"]
 
 
-PARTS = ("tree_loss", "train_step", "data", "small_images")
+PARTS = ("tree_loss", "train_step", "train_step_timm", "stems", "data", "small_images")
 """The parts of the full benchmark, in the order they run (``--only``)."""
 
 
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> dict:
             result["tree_loss"] = bench_tree_loss(args.quick, device)
         if "train_step" in only:
             result["train_step"] = bench_train_step(args.quick, device)
+        if "train_step_timm" in only:
+            result["train_step_timm"] = bench_timm_train_steps(args.quick, device)
+        if "stems" in only:
+            result["stems"] = bench_stems(args.quick, device)
         lines.append(table(result))
         if "data" in only:
             result["data"] = bench_data(args.quick, device, args.workers)

@@ -22,6 +22,7 @@ from hrn import losses, nets
 from hrn.data.augment import eval_transform
 from hrn.errors import HRNError
 from hrn.losses import HierarchicalLoss
+from hrn.nets.trunks import TRUNK_OPTIONS
 from hrn.tree import Hierarchy, check_tree_scores
 
 __all__ = [
@@ -116,8 +117,11 @@ def _build(kind: str, table: Mapping[str, Callable], description: Mapping, where
         )
     cls = table[target]
     settings = {k: v for k, v in description.items() if k not in ("_target_", *BUILDER_KEYS, *LEGACY_KEYS)}
-    accepted = inspect.signature(cls).parameters
-    unknown = sorted(set(settings) - set(accepted))
+    parameters = inspect.signature(cls).parameters
+    accepted = set(parameters)
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):  # a network's **trunk_options
+        accepted |= set(TRUNK_OPTIONS)
+    unknown = sorted(set(settings) - accepted)
     if unknown:
         raise CheckpointError(f"{where}: {kind} {target} has no setting(s) {', '.join(unknown)}")
     return cls(**settings, **kwargs)

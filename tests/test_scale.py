@@ -186,9 +186,25 @@ def test_bench_only_runs_the_parts_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench_main(["--only", "data,gpu", "--out", str(tmp_path / "never.json")])
     assert (
-        "--only data,gpu: expected some of tree_loss,train_step,data,small_images" in capsys.readouterr().err
+        "--only data,gpu: expected some of tree_loss,train_step,train_step_timm,stems,data,small_images"
+        in capsys.readouterr().err
     )
     assert not (tmp_path / "never.json").exists()
+
+
+def test_bench_times_timm_trunks_and_the_stems(tmp_path, capsys):
+    result = bench_main(
+        ["--quick", "--device", "cpu", "--only", "train_step_timm,stems", "--out", str(tmp_path / "b.json")]
+    )
+    convnet, vit = result["train_step_timm"]
+    assert (convnet["trunk"], vit["trunk"]) == ("timm:convnext_atto", "timm:vit_tiny_patch16_224")
+    for row in (convnet, vit):
+        assert row["ratio_median"] > 1 and row["hrn_images_per_s"] > 0 and row["trunk_images_per_s"] > 0
+    stems = result["stems"]
+    assert stems["map_side"] == {"standard": 1, "small, stride 2": 2, "small, stride 1": 4}
+    assert stems["slowdown"]["standard"] == 1 and stems["slowdown"]["small, stride 1"] > 1
+    out = capsys.readouterr().out
+    assert "timm:vit_tiny_patch16_224 at 112 px" in out and "small, stride 2" in out
 
 
 @pytest.mark.slow

@@ -21,6 +21,23 @@ def table(result: dict) -> str:
             f"({t['hrn_images_per_s']:.1f} img/s), ResNet-50 {t['resnet50_s']:.3f} s "
             f"({t['resnet50_images_per_s']:.1f} img/s), median ratio {t['ratio_median']:.2f}",
         ]
+    for t in result.get("train_step_timm", []):
+        out.append(
+            f"train step, {t['trunk']} at {t['input']} px, batch {t['batch']}: HRN {t['hrn_s']:.3f} s "
+            f"({t['hrn_images_per_s']:.1f} img/s), the trunk as a classifier {t['trunk_s']:.3f} s "
+            f"({t['trunk_images_per_s']:.1f} img/s), median ratio {t['ratio_median']:.2f}"
+        )
+    if "stems" in result:
+        t = result["stems"]
+        out += [
+            "",
+            f"Fashion-MNIST recipe's train step (ResNet-18, 32 px, batch {t['batch']}), by stem: images/s",
+        ]
+        for stem, rate in t["images_per_s"].items():
+            side = t["map_side"][stem]
+            out.append(
+                f"  {stem:<18}{rate:9.1f}   map {side}x{side}   x{t['slowdown'][stem]:.2f} the standard stem's time"
+            )
     return "\n".join(out)
 
 

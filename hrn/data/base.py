@@ -10,6 +10,7 @@ happens on whole batches, on the training device. The paper's protocols (relabel
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -30,6 +31,7 @@ __all__ = [
     "ImageSource",
     "LabelledImages",
     "TensorImages",
+    "usable_workers",
 ]
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,16 @@ log = logging.getLogger(__name__)
 
 class DataError(HRNError):
     """Bad data or a bad data setting. One line, naming the file, key or value and how to fix it."""
+
+
+def usable_workers(requested: int) -> int:
+    """``requested`` loader workers, never more than the cores this process may run on (more only queue up and
+    warn); logged when lowered."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if requested > cores:
+        log.info("dataset.num_workers=%d lowered to %d, the cores available", requested, cores)
+        return cores
+    return requested
 
 
 class ImageSource:
@@ -248,6 +260,7 @@ class DataSplits:
     seed: int = 0  # training order and augmentations (set from the run's seed by the protocols)
 
     def __post_init__(self) -> None:
+        self.num_workers = usable_workers(self.num_workers)
         a = self.augment
         self.info.update(resize=a.resize, crop=a.crop, padding=a.padding)
 
@@ -269,8 +282,9 @@ class DataSplits:
 
     def loader(self, split: str, shuffle: bool | None = None) -> DataLoader:
         """A loader over ``split`` yielding :class:`Batch` es of uint8 images (normalise them on the device:
-        :func:`~hrn.data.augment.normalize`); training shuffles, crops and flips as a function of (seed, epoch)
-        and drops nothing, so every image counts."""
+        :func:`~hrn.data.augment.normalize`); training shuffles, crops and flips as a function of (seed, epoch).
+        Evaluation drops nothing, so every image counts; a shuffled epoch whose last batch would hold a single
+        image leaves that one out (another each epoch), since BatchNorm cannot train on a batch of one."""
         dataset = getattr(self, split)
         if len(dataset) == 0:
             raise DataError(
@@ -281,6 +295,7 @@ class DataSplits:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
+            drop_last=shuffle and len(dataset) > 1 and len(dataset) % self.batch_size == 1,
             sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=collated,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hrn.data.base import DataError, ImageSource
+from hrn.data.base import DataError, ImageSource, usable_workers
 
 __all__ = ["CachedFiles", "default_cache_dir"]
 
@@ -82,7 +82,7 @@ class CachedFiles(ImageSource):
         self.size = decoded.size
         self.name = name
         self.folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        self.num_workers = num_workers
+        self.num_workers = usable_workers(num_workers)
         self._files: dict[float, Path] = {}
         self._open: dict[float, np.ndarray] = {}  # memory maps, opened lazily in each process
 

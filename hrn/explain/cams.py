@@ -201,7 +201,8 @@ def level_cams(
     with torch.enable_grad():
         for lvl in range(hierarchy.num_levels):
             classes = [ClassifierOutputTarget(int(v) - off[lvl]) for v in paths[:, lvl]]
-            cam = GradCAM(model=LevelLogits(net, lvl), target_layers=[layers[lvl]])
+            target, reshape = layers[lvl]
+            cam = GradCAM(model=LevelLogits(net, lvl), target_layers=[target], reshape_transform=reshape)
             try:  # not ``with``: its __exit__ would swallow an IndexError
                 heat = cam(input_tensor=inputs, targets=classes)
             finally:

@@ -91,7 +91,7 @@ class CHMCNN(TrunkNetwork):
 
     Args:
         hierarchy: the label tree (its level sizes and descendant matrix are kept).
-        trunk, trunk_lr_scale: as :class:`hrn.nets.HRN`.
+        trunk, trunk_lr_scale, trunk_options: as :class:`hrn.nets.HRN`.
         width: hidden width of ``h``; default C / 2 (HRN's F). The authors tuned it per tabular dataset.
         num_layers: hidden layers of ``h`` (>= 0; 0 = a linear head).
         dropout: dropout after each hidden layer (the authors used dropout on tabular data; off like HRN).
@@ -105,8 +105,9 @@ class CHMCNN(TrunkNetwork):
         num_layers: int = 1,
         dropout: float = 0.0,
         trunk_lr_scale: float = 0.1,
+        **trunk_options,
     ) -> None:
-        super().__init__(hierarchy, trunk, trunk_lr_scale)
+        super().__init__(hierarchy, trunk, trunk_lr_scale, **trunk_options)
         if num_layers < 0:
             raise ModelError(f"model.num_layers={num_layers}: must be >= 0")
         width = width or self.channels // 2
@@ -151,7 +152,7 @@ class HMCNF(TrunkNetwork):
 
     Args:
         hierarchy: the label tree.
-        trunk, trunk_lr_scale: as :class:`hrn.nets.HRN`.
+        trunk, trunk_lr_scale, trunk_options: as :class:`hrn.nets.HRN`.
         width: width of the global-flow layers; default C / 2 (HRN's F; the paper used 384 on tabular data).
         dim: width of each level's local transformation layer (default 512, HRN's D).
         beta: β, the weight of the local outputs in P_F (0.5 in the paper), in [0, 1].
@@ -167,8 +168,9 @@ class HMCNF(TrunkNetwork):
         beta: float = 0.5,
         dropout: float = 0.0,
         trunk_lr_scale: float = 0.1,
+        **trunk_options,
     ) -> None:
-        super().__init__(hierarchy, trunk, trunk_lr_scale)
+        super().__init__(hierarchy, trunk, trunk_lr_scale, **trunk_options)
         if not 0.0 <= beta <= 1.0:
             raise ModelError(f"model.beta={beta}: must be in [0, 1]")
         width = width or self.channels // 2
@@ -227,7 +229,7 @@ class ChangNet(TrunkNetwork):
 
     Args:
         hierarchy: the label tree.
-        trunk, trunk_lr_scale: as :class:`hrn.nets.HRN`.
+        trunk, trunk_lr_scale, trunk_options: as :class:`hrn.nets.HRN`.
         dim: width of each level's feature branch (the authors: 600 split over CUB's 3 levels = 200).
     """
 
@@ -237,8 +239,9 @@ class ChangNet(TrunkNetwork):
         trunk: str | Trunk = "resnet50",
         dim: int = 200,
         trunk_lr_scale: float = 0.1,
+        **trunk_options,
     ) -> None:
-        super().__init__(hierarchy, trunk, trunk_lr_scale)
+        super().__init__(hierarchy, trunk, trunk_lr_scale, **trunk_options)
         num_levels = len(self.level_sizes)
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.norm = nn.BatchNorm1d(self.channels)
@@ -292,7 +295,7 @@ class HMCLMLP(TrunkNetwork):
 
     Args:
         hierarchy: the label tree.
-        trunk, trunk_lr_scale: as :class:`hrn.nets.HRN`.
+        trunk, trunk_lr_scale, trunk_options: as :class:`hrn.nets.HRN`.
         width: hidden width of each level's MLP; default C / 2 (HRN's F).
         dropout: dropout after the hidden layer (off, like HRN).
     """
@@ -304,8 +307,9 @@ class HMCLMLP(TrunkNetwork):
         width: int | None = None,
         dropout: float = 0.0,
         trunk_lr_scale: float = 0.1,
+        **trunk_options,
     ) -> None:
-        super().__init__(hierarchy, trunk, trunk_lr_scale)
+        super().__init__(hierarchy, trunk, trunk_lr_scale, **trunk_options)
         width = width or self.channels // 2
         self.pool = nn.AdaptiveAvgPool2d(1)
         previous = [0, *self.level_sizes[:-1]]

@@ -12,6 +12,9 @@ D = 512 (embedding), n_l = classes of level l.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -22,6 +25,8 @@ from hrn.tree import Hierarchy
 __all__ = ["COMBINES", "GSB", "HRN", "Projection"]
 
 COMBINES = ("sum", "concat", "none")
+
+log = logging.getLogger(__name__)
 
 
 def _conv_bn_relu(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
@@ -70,6 +75,9 @@ class HRN(TrunkNetwork):
             ([h_1, ..., h_l]) or ``"none"`` (z_l = h_l).
         relu: apply ReLU after the combine (paper: on).
         trunk_lr_scale: learning-rate factor of the trunk's parameter group (paper: 10x smaller).
+        trunk_options: the trunk's ``stem``, ``stem_stride`` and ``image_size``
+            (:class:`~hrn.nets.trunks.TrunkNetwork`). With ``image_size`` known, a GSB that would see a 1x1 map
+            (its 3x3 convolution reduced to the centre tap) is said in a warning.
     """
 
     def __init__(
@@ -82,10 +90,18 @@ class HRN(TrunkNetwork):
         combine: str = "sum",
         relu: bool = True,
         trunk_lr_scale: float = 0.1,
+        **trunk_options,
     ) -> None:
         if combine not in COMBINES:
             raise ModelError(f"unknown combine {combine!r}; valid: {', '.join(COMBINES)}")
-        super().__init__(hierarchy, trunk, trunk_lr_scale)
+        super().__init__(hierarchy, trunk, trunk_lr_scale, **trunk_options)
+        if gsb and self.map_side == 1:
+            log.warning(
+                "model.trunk=%s at %s px leaves a 1x1 feature map: each GSB's 3x3 convolution sees only its centre; "
+                "give the trunk larger images or a small-image stem (model.stem=small for a ResNet)",
+                self.trunk_name,
+                trunk_options.get("image_size"),
+            )
         channels = self.channels
         width = width or channels // 2
         self.combine = combine
@@ -121,9 +137,10 @@ class HRN(TrunkNetwork):
     def forward(self, images: torch.Tensor) -> HRNOutput:
         return self.forward_head(self.forward_features(images))
 
-    def feature_layers(self, kind: str = "gsb") -> list[nn.Module]:
-        """Per level, the layer whose output shows where that level looks (Grad-CAM): its GSB, or the trunk's
-        last block for every level (``kind="trunk"`` or when GSBs are off)."""
+    def feature_layers(self, kind: str = "gsb") -> list[tuple[nn.Module, Callable | None]]:
+        """Per level, the layer whose output shows where that level looks (Grad-CAM) and the reshape of that output
+        to (B, C, h, w) (None: it is one): its GSB, or the trunk's last block for every level (``kind="trunk"`` or
+        when GSBs are off)."""
         if kind == "gsb" and self.gsbs is not None:
-            return list(self.gsbs)
+            return [(gsb, None) for gsb in self.gsbs]
         return super().feature_layers()

@@ -1,13 +1,19 @@
 """Trunks: the one place that turns a trunk name into a feature extractor, its channels and its starting weights,
 for HRN and every compared method alike; and :class:`TrunkNetwork`, what every network on a trunk shares.
 
-A new backbone family plugs in here (:func:`build_trunk`), and every network of :mod:`hrn.nets` takes it.
+A backbone family plugs in here (:func:`build_trunk`): torchvision's ResNets (``model.trunk=resnet50``, the paper's,
+with a small-image stem as an option) and any timm model that yields a feature map (``model.trunk=timm:<name>``,
+:mod:`hrn.nets.timm_trunk`); every network of :mod:`hrn.nets` takes what it builds.
 
-Shapes: B = batch, C = trunk channels (2048 for ResNet-50), h x w = the trunk's feature map (H/32 x W/32).
+Shapes: B = batch, C = trunk channels (2048 for ResNet-50), h x w = the trunk's feature map (H/32 x W/32 for a
+ResNet with its standard stem).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +25,7 @@ from hrn.errors import HRNError
 from hrn.tree import Hierarchy
 
 __all__ = [
+    "STEMS",
     "TRUNKS",
     "ModelError",
     "Trunk",
@@ -38,6 +45,15 @@ TRUNKS: dict[str, int] = {
     "resnet152": 2048,
 }
 
+TIMM_PREFIX = "timm:"  # model.trunk=timm:<name>
+
+STEMS = ("standard", "small")
+"""``model.stem`` of a ResNet trunk: ``standard`` (torchvision's 7x7 stride-2 convolution and max-pool: maps of H/32,
+the paper's), ``small`` (a 3x3 convolution of stride ``model.stem_stride`` 1 or 2 and no max-pool, as CIFAR-style
+ResNets: maps of H/8 or H/16, so that 32 px images still leave the GSBs a map to convolve)."""
+
+log = logging.getLogger(__name__)
+
 
 class ModelError(HRNError):
     """A model setting the package cannot use; one line that says how to fix it."""
@@ -51,22 +67,32 @@ class Trunk:
         name: the trunk's name (``model.trunk``).
         module: (B, 3, H, W) -> (B, C, h, w).
         channels: C.
+        reduction: the input's side over the map's (32 for a ResNet's standard stem).
     """
 
     name: str
     module: nn.Module
     channels: int
+    reduction: int = 32
 
-    @property
-    def last_block(self) -> nn.Module:
-        """The layer whose output is the feature map (what Grad-CAM looks at on the trunk)."""
-        return self.module[-1]
+    def cam_layer(self) -> tuple[nn.Module, Callable | None]:
+        """The layer Grad-CAM looks at on the trunk, and the reshape of its output to (B, C, h, w) (None: it is one)."""
+        if hasattr(self.module, "cam_layer"):  # a timm trunk knows its own
+            return self.module.cam_layer()
+        return self.module[-1], None  # a ResNet's last stage
+
+    def map_side(self, image_size: int) -> int:
+        """The side of the feature map for square ``image_size`` inputs."""
+        return math.ceil(image_size / self.reduction)
 
 
 def trunk_channels(name: str) -> int:
-    """C, the output channels of trunk ``name``; one line listing the valid trunks for an unknown name."""
+    """C, the output channels of the torchvision trunk ``name``; one line listing the valid trunks for an unknown
+    name."""
     if name not in TRUNKS:
-        raise ModelError(f"unknown trunk {name!r}; valid trunks: {', '.join(TRUNKS)}")
+        raise ModelError(
+            f"unknown trunk {name!r}; valid trunks: {', '.join(TRUNKS)}, or any timm model as timm:<name>"
+        )
     return TRUNKS[name]
 
 
@@ -103,12 +129,47 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def build_trunk(name: str, pretrained: bool = False, weights: str | Path | None = None) -> Trunk:
-    """Trunk ``name``, a torchvision ResNet without ``avgpool`` and ``fc``: (B, 3, H, W) -> (B, C, H/32, W/32).
+def _small_stem(net: nn.Module, stride: int) -> None:
+    """Replace a torchvision ResNet's stem (7x7 stride-2 convolution, max-pool) by a 3x3 convolution of ``stride``
+    and no max-pool, in place: the CIFAR ResNets' stem, for small images."""
+    net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, stride=stride, padding=1, bias=False)
+    net.maxpool = nn.Identity()
 
-    Its weights: a torchvision state dict from a file (``weights``, for offline machines), torchvision's original
-    ImageNet-1k weights (``pretrained=True``, ``IMAGENET1K_V1`` as the paper), or a random initialisation.
+
+def build_trunk(
+    name: str,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    stem: str = "standard",
+    stem_stride: int = 1,
+    image_size: int | None = None,
+) -> Trunk:
+    """Trunk ``name``: a torchvision ResNet without ``avgpool`` and ``fc``, (B, 3, H, W) -> (B, C, H/32, W/32), or a
+    timm model (``timm:<name>``, :func:`hrn.nets.timm_trunk.build_timm_trunk`).
+
+    Its weights: a state dict from a file (``weights``, for offline machines), the published ImageNet weights
+    (``pretrained=True``: torchvision's original ``IMAGENET1K_V1`` for ResNets, as the paper; timm's for timm
+    models), or a random initialisation. ``stem="small"`` gives a ResNet the small-image stem of :data:`STEMS`
+    (its first convolution is then new: a weights file or the ImageNet weights start everything else).
+    ``image_size``: the input's side, for timm models built for one (ViTs' position embeddings).
     """
+    if stem not in STEMS:
+        raise ModelError(f"model.stem={stem!r}: use one of {', '.join(STEMS)}")
+    if stem_stride not in (1, 2):
+        raise ModelError(
+            f"model.stem_stride={stem_stride!r}: the small stem's stride is 1 (maps of H/8) or 2 (H/16)"
+        )
+    if name.startswith(TIMM_PREFIX):
+        if stem != "standard":
+            raise ModelError(
+                f"model.stem={stem}: the small stem is for ResNet trunks; a timm model keeps its own"
+            )
+        from hrn.nets.timm_trunk import build_timm_trunk  # timm is imported only for a timm trunk
+
+        module, channels, reduction = build_timm_trunk(
+            name[len(TIMM_PREFIX) :], pretrained, weights, image_size
+        )
+        return Trunk(name, module, channels, reduction)
     channels = trunk_channels(name)
     net = getattr(torchvision.models, name)(weights=None)
     state = _state_dict(name, pretrained, weights)
@@ -118,7 +179,11 @@ def build_trunk(name: str, pretrained: bool = False, weights: str | Path | None 
         except Exception as e:  # noqa: BLE001 - any failure here means "not a usable state dict"
             where = f"model.weights={weights}" if weights is not None else f"the ImageNet weights of {name}"
             raise ModelError(f"{where}: not a torchvision {name} state dict ({_first_line(e)})") from None
-    return Trunk(name, nn.Sequential(*list(net.children())[:-2]), channels)
+    reduction = 32
+    if stem == "small":
+        _small_stem(net, stem_stride)
+        reduction = 8 * stem_stride
+    return Trunk(name, nn.Sequential(*list(net.children())[:-2]), channels, reduction)
 
 
 def trunk_param_groups(net: nn.Module, trunk_lr_scale: float) -> list[dict]:
@@ -132,6 +197,10 @@ def trunk_param_groups(net: nn.Module, trunk_lr_scale: float) -> list[dict]:
     ]
 
 
+TRUNK_OPTIONS = ("stem", "stem_stride", "image_size")
+"""The trunk's settings beside its name (:func:`build_trunk`), which every network takes as ``**trunk_options``."""
+
+
 class TrunkNetwork(nn.Module):
     """What HRN and every compared method share: a trunk, the tree's level sizes, the trunk's learning-rate scale
     and a builder that starts the trunk from given weights.
@@ -142,19 +211,39 @@ class TrunkNetwork(nn.Module):
 
     Args:
         hierarchy: the label tree (only its level sizes are kept).
-        trunk: a trunk name of :data:`TRUNKS`, or a built :class:`Trunk`.
+        trunk: a trunk name (:data:`TRUNKS`, or ``timm:<name>``), or a built :class:`Trunk`.
         trunk_lr_scale: learning-rate factor of the trunk's parameter group (paper: 10x smaller).
+        stem, stem_stride: a ResNet trunk's stem (:data:`STEMS`).
+        image_size: the side of the (square) input images, the dataset's crop: timm models with position
+            embeddings are built for it, and it tells the size of the feature map.
     """
 
-    def __init__(self, hierarchy: Hierarchy, trunk: str | Trunk, trunk_lr_scale: float) -> None:
+    def __init__(
+        self,
+        hierarchy: Hierarchy,
+        trunk: str | Trunk,
+        trunk_lr_scale: float,
+        stem: str = "standard",
+        stem_stride: int = 1,
+        image_size: int | None = None,
+    ) -> None:
         super().__init__()
-        built = trunk if isinstance(trunk, Trunk) else build_trunk(trunk)
+        built = (
+            trunk
+            if isinstance(trunk, Trunk)
+            else build_trunk(trunk, stem=stem, stem_stride=stem_stride, image_size=image_size)
+        )
         self.trunk = built.module
         self.trunk_name = built.name
         self.channels = built.channels
         self.level_sizes = hierarchy.level_sizes
         self.trunk_lr_scale = trunk_lr_scale
-        self._trunk_block = [built.last_block]  # a list: kept out of the module tree (it is already in it)
+        self.map_side = (
+            built.map_side(image_size) if image_size else None
+        )  # of the feature map, None: unknown
+        self._cam_layer = [
+            built.cam_layer()
+        ]  # a list: kept out of the module tree (the layer is already in it)
 
     @classmethod
     def build(
@@ -166,17 +255,18 @@ class TrunkNetwork(nn.Module):
         **settings,
     ) -> TrunkNetwork:
         """The network with its trunk started from ``weights`` (a file) or, with ``pretrained``, from the trunk's
-        published ImageNet weights; ``settings`` are the network's own arguments."""
-        return cls(hierarchy, build_trunk(trunk, pretrained, weights), **settings)
+        published ImageNet weights; ``settings`` are the network's own arguments and its ``**trunk_options``."""
+        options = {k: settings[k] for k in TRUNK_OPTIONS if k in settings}
+        return cls(hierarchy, build_trunk(trunk, pretrained, weights, **options), **settings)
 
     def trunk_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C, h, w)."""
         return self.trunk(images)
 
-    def feature_layers(self, kind: str = "trunk") -> list[nn.Module]:
-        """Per level, the layer Grad-CAM looks at: the trunk's last block (networks with level-specific blocks
-        override this)."""
-        return self._trunk_block * len(self.level_sizes)
+    def feature_layers(self, kind: str = "trunk") -> list[tuple[nn.Module, Callable | None]]:
+        """Per level, the layer Grad-CAM looks at and the reshape of its output to (B, C, h, w) (None: it is one):
+        the trunk's last block (networks with level-specific blocks override this)."""
+        return self._cam_layer * len(self.level_sizes)
 
     def param_groups(self) -> list[dict]:
         """Optimiser groups: the trunk with ``lr_scale = trunk_lr_scale`` (paper 0.1), the new layers with 1."""

@@ -117,14 +117,15 @@ class HRNModule(L.LightningModule):
         # (L, N): the level-l class implied by each label, -1 when the label is coarser than level l.
         self.register_buffer("ancestor_at_level", hierarchy.ancestor_at_level, persistent=False)
         # Training: running per-level accuracy. Validation and test: the full hierarchical metrics (hrn.metrics).
+        # A level of one class (a tree with one root) is kept and always right; torchmetrics counts from 2 classes.
         self.train_metrics = nn.ModuleDict(
             {
-                f"acc_l{lvl}": MulticlassAccuracy(n, average="micro", ignore_index=-1)
+                f"acc_l{lvl}": MulticlassAccuracy(max(n, 2), average="micro", ignore_index=-1)
                 for lvl, n in enumerate(hierarchy.level_sizes, start=1)
             }
         )
         self.train_metrics["acc_leaf_sigmoid"] = MulticlassAccuracy(
-            hierarchy.level_sizes[-1], average="micro", ignore_index=-1
+            max(hierarchy.level_sizes[-1], 2), average="micro", ignore_index=-1
         )
         self.eval_metrics = nn.ModuleDict(
             {stage: HierarchicalMetrics(hierarchy) for stage in ("val", "test")}

@@ -1,0 +1,156 @@
+"""timm models as trunks (``model.trunk=timm:<name>``): any timm model that yields a feature map.
+
+ConvNets go through ``forward_features`` (an NCHW map of ``num_features`` channels); ViT, DeiT, EVA, Swin and
+other models whose features are tokens or NHWC go through ``forward_intermediates(output_fmt="NCHW")``, the last
+block's map, with C from ``feature_info``. Which one a model takes is read off one forward pass at build time.
+Models with a fixed grid of position embeddings are built for the dataset's crop (``image_size``).
+
+Shapes: B = batch, C = the trunk's channels, h x w = its feature map.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hrn.nets.trunks import TIMM_PREFIX as PREFIX
+from hrn.nets.trunks import ModelError
+
+__all__ = ["TimmTrunk", "build_timm_trunk", "load_weights_file"]
+
+
+class TimmTrunk(nn.Module):
+    """A timm model as a trunk: (B, 3, H, W) -> (B, C, h, w).
+
+    Args:
+        model: the timm model, built without its classifier (``num_classes=0``).
+        intermediates: take the last block's map from ``forward_intermediates(output_fmt="NCHW")`` (ViT-style
+            models) instead of ``forward_features`` (ConvNets, already NCHW).
+    """
+
+    def __init__(self, model: nn.Module, intermediates: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.intermediates = intermediates
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.intermediates:
+            maps = self.model.forward_intermediates(
+                images, indices=1, output_fmt="NCHW", intermediates_only=True
+            )
+            return maps[-1]
+        return self.model.forward_features(images)
+
+    def cam_layer(self) -> tuple[nn.Module, Callable | None]:
+        """The layer Grad-CAM looks at on this trunk and the reshape of its output to (B, C, h, w), None when it is
+        one already. ViT-style models (``blocks`` of tokens, ``num_prefix_tokens`` of them class or register
+        tokens): the last block, its patch tokens laid out on their grid, as pytorch-grad-cam's ViT example does;
+        the block's tokens are the feature map here, so its gradients reach them. Others: this module's map."""
+        blocks = getattr(self.model, "blocks", None)
+        prefix = getattr(self.model, "num_prefix_tokens", None)
+        if self.intermediates and isinstance(blocks, nn.Sequential | nn.ModuleList) and prefix is not None:
+            return blocks[-1], _TokenGrid(prefix)
+        return self, None
+
+
+class _TokenGrid:
+    """(B, prefix + h·w, C) tokens -> (B, C, h, w): drop the class / register tokens, lay the patch tokens out on
+    their (square) grid. pytorch-grad-cam's ``reshape_transform`` for vision transformers."""
+
+    def __init__(self, prefix: int) -> None:
+        self.prefix = prefix
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, self.prefix :]
+        side = math.isqrt(patches.shape[1])
+        return patches.reshape(patches.shape[0], side, side, patches.shape[2]).permute(0, 3, 1, 2)
+
+
+def _create(timm, name: str, pretrained: bool, image_size: int | None) -> nn.Module:
+    """``timm.create_model`` without a classifier, at ``image_size`` where the model takes one."""
+    kwargs = {"pretrained": pretrained, "num_classes": 0}
+    if image_size is not None:
+        try:  # models with position embeddings take img_size; the rest refuse the argument
+            return timm.create_model(name, img_size=image_size, **kwargs)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+    return timm.create_model(name, **kwargs)
+
+
+def load_weights_file(model: nn.Module, path: str | Path, what: str) -> None:
+    """Load a state dict (a torch file, or ``.safetensors``) into ``model``: every key of the model must be there
+    with its shape; keys the model has not (a classifier, for one) are ignored. One line naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model.weights={path}: file not found (expected a state dict of {what})")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        missing, _ = model.load_state_dict(state, strict=False)
+    except Exception as e:  # noqa: BLE001 - unreadable, or weights of other shapes
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"model.weights={path}: not a state dict of {what} ({first[:200]})") from None
+    if missing:
+        raise ModelError(
+            f"model.weights={path}: not a state dict of {what}: {len(missing)} of its weights are missing "
+            f"({', '.join(missing[:3])}, ...); weights of another architecture?"
+        )
+
+
+def build_timm_trunk(
+    name: str, pretrained: bool = False, weights: str | Path | None = None, image_size: int | None = None
+) -> tuple[TimmTrunk, int, int]:
+    """The timm model ``name`` as a trunk, with its channels C and reduction (input side / map side).
+
+    Its weights: a local file (``weights``: a state dict or safetensors file, offline), timm's pretrained weights
+    from its hub (``pretrained``), or a random initialisation. An unknown name, a model without a feature map or a
+    failed download: one line that says what to do.
+    """
+    import timm
+
+    spec = f"model.trunk={PREFIX}{name}"
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"did you mean {', '.join(PREFIX + c for c in close)}?" if close else "see timm.list_models()"
+        raise ModelError(f"{spec}: timm has no model {name!r} ({hint})")
+    try:
+        model = _create(timm, name, pretrained and weights is None, image_size)
+    except Exception as e:  # noqa: BLE001 - a failed download surfaces as many error types
+        if pretrained and weights is None:
+            raise ModelError(
+                f"{spec}: cannot load timm's pretrained weights ({type(e).__name__}: the download failed, probably "
+                f"offline); pass model.weights=/path/to/{name}.safetensors (a state dict of the model) or "
+                "model.pretrained=false"
+            ) from None
+        raise ModelError(f"{spec}: timm cannot build it at image size {image_size} ({e})") from None
+    if weights is not None:
+        load_weights_file(model, weights, f"timm's {name}")
+    side = image_size or 224
+    probe = torch.zeros(1, 3, side, side)
+    was_training = model.training
+    with torch.no_grad():
+        model.eval()
+        features = model.forward_features(probe)
+        intermediates = not (features.dim() == 4 and features.shape[1] == model.num_features)
+        trunk = TimmTrunk(model, intermediates)
+        if intermediates:
+            if not hasattr(model, "forward_intermediates"):
+                raise ModelError(
+                    f"{spec}: the model gives no feature map (features of shape {tuple(features.shape)}); use a "
+                    "ConvNet (forward_features) or a ViT-style model (forward_intermediates)"
+                )
+            features = trunk(probe)
+    model.train(was_training)
+    return trunk, int(features.shape[1]), max(1, round(side / features.shape[-1]))
