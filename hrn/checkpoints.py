@@ -1,16 +1,19 @@
 """Trained models from checkpoints: ``hrn.load_checkpoint(path)`` gives the plain network, its tree, where its node
-probabilities come from, its test transform and the checkpoint's self-description, from the file alone.
+probabilities come from, its test transform and the checkpoint's self-description, from the file alone (or from a
+shared folder, :mod:`hrn.share`).
 
 A checkpoint written by ``hrn.train`` holds the LightningModule's ``state_dict`` and, under :data:`CHECKPOINT_KEY`,
 plain data that describes the run: the tree (names and parents), the network's class and settings, the loss, the
 dataset config and the transform sizes. Neither Hydra nor Lightning is needed to read it, and a network or loss is
-built only when the file names one of the package's own classes (:data:`NETWORKS`, :data:`LOSSES`): a checkpoint
-is input from strangers.
+built only when the file names one of the package's own classes (:data:`NETWORKS`, :data:`LOSSES`), and the file is
+read with torch's safe unpickler: a checkpoint is input from strangers, and opening one runs no code.
 """
 
 from __future__ import annotations
 
 import inspect
+import pickle
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ from hrn.data.augment import eval_transform
 from hrn.errors import HRNError
 from hrn.losses import HierarchicalLoss
 from hrn.nets.trunks import TRUNK_OPTIONS
-from hrn.tree import Hierarchy, check_tree_scores
+from hrn.tree import Hierarchy, TreeProbabilities, check_tree_scores
 
 __all__ = [
     "CHECKPOINT_KEY",
@@ -35,6 +38,7 @@ __all__ = [
     "build_network",
     "describe_network",
     "load_checkpoint",
+    "model_from",
     "read_checkpoint",
 ]
 
@@ -79,14 +83,37 @@ class CheckpointError(HRNError):
     """A checkpoint that is missing, unreadable or not written by ``hrn.train``."""
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Read an HRN checkpoint (a dict with ``state_dict`` and the :data:`CHECKPOINT_KEY` self-description), or
-    raise one line: missing, unreadable (truncated, not PyTorch) or foreign."""
+TRUST_HINT = (
+    "a checkpoint you wrote yourself with hrn before 0.2 loads with trust_checkpoint=true (unsafe for files from "
+    "others: it lets the file run code)"
+)
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> dict:
+    """Read an HRN checkpoint (a dict with ``state_dict`` and the :data:`CHECKPOINT_KEY` self-description) with
+    torch's safe unpickler (``weights_only=True``), which builds tensors and plain containers and calls nothing
+    else; or raise one line: missing, unreadable (truncated, not PyTorch), foreign, or holding anything that
+    would run code (refused, with the global it names).
+
+    ``trust=True`` (``trust_checkpoint=true``) loads with the full unpickler instead: for checkpoints written by
+    hrn before 0.2 (their random-generator states are NumPy arrays), and only for files of one's own.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        if trust or "Weights only load failed" not in str(e):
+            raise CheckpointError(
+                f"ckpt_path={path}: cannot read the checkpoint ({type(e).__name__})"
+            ) from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"loading it would call {found.group(1)}" if found else "it holds objects that could run code"
+        raise CheckpointError(
+            f"ckpt_path={path}: refused: {what}, and hrn loads checkpoints with torch's safe unpickler, which runs "
+            f"no code; {TRUST_HINT}"
+        ) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
         raise CheckpointError(
             f"ckpt_path={path}: cannot read the checkpoint ({type(e).__name__}); the file is truncated or not a "
@@ -173,6 +200,16 @@ class LoadedModel:
         (Resize(resize, resize) -> CenterCrop(crop) -> Normalize(0.5, 0.5))."""
         return eval_transform(self.resize, self.crop)
 
+    @property
+    def calibration(self) -> dict | None:
+        """The temperatures ``hrn.calibrate`` fitted (``tree_temperature`` per level, ``leaf_temperature``), or
+        None for a model that was not calibrated."""
+        return self.description.get("calibration")
+
+    def probabilities(self) -> TreeProbabilities:
+        """Its node probabilities: :class:`hrn.tree.TreeProbabilities` with the model's temperatures, if any."""
+        return TreeProbabilities.calibrated(self.hierarchy, self.calibration)
+
     def build_loss(self) -> HierarchicalLoss:
         """The loss the network was trained with (for evaluating it: ``hrn.evaluate``'s loss terms)."""
         return build_loss(self.description.get("loss"), self.hierarchy, f"ckpt_path={self.source}")
@@ -183,23 +220,34 @@ def _tree_scores(description: dict, loss: HierarchicalLoss) -> str:
     return check_tree_scores(description.get("tree_scores") or loss.tree_scores)
 
 
-def load_checkpoint(path: str | Path) -> LoadedModel:
-    """The trained network of an ``hrn.train`` checkpoint, rebuilt from the file alone (see :class:`LoadedModel`).
+def load_checkpoint(path: str | Path, trust: bool = False) -> LoadedModel:
+    """The trained network of an ``hrn.train`` checkpoint, or of a shared folder (``model.safetensors`` and
+    ``config.json``, :mod:`hrn.share`), rebuilt from the file alone (see :class:`LoadedModel`).
 
-    A missing, truncated or foreign file, a network or loss the package does not have, or weights that do not fit
-    the network the file describes: one line (:class:`CheckpointError`).
+    A checkpoint is read with torch's safe unpickler (:func:`read_checkpoint`; ``trust`` as there). A missing,
+    truncated or foreign file, one that would run code, a network or loss the package does not have, or weights
+    that do not fit the network the file describes: one line (:class:`CheckpointError`).
     """
     path = Path(path)
-    ckpt = read_checkpoint(path)
+    if path.is_dir():
+        from hrn.share import load_folder  # the share format builds on this module
+
+        return load_folder(path)
+    ckpt = read_checkpoint(path, trust)
     meta = ckpt[CHECKPOINT_KEY]
-    where = f"ckpt_path={path}"
-    h = Hierarchy.from_dict(meta["tree"])
-    net = build_network(meta.get("net") or {}, h, where)
-    loss = build_loss(meta.get("loss"), h, where)
     state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    return model_from(meta, state, path)
+
+
+def model_from(description: dict, state: Mapping[str, torch.Tensor], path: Path) -> LoadedModel:
+    """The :class:`LoadedModel` a description (tree, net, loss, ...) and the network's state dict make."""
+    where = f"ckpt_path={path}"
+    h = Hierarchy.from_dict(description["tree"])
+    net = build_network(description.get("net") or {}, h, where)
+    loss = build_loss(description.get("loss"), h, where)
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"{where}: weights do not fit the network it describes ({first})") from None
-    return LoadedModel(net.eval(), h, _tree_scores(meta, loss), meta, path)
+    return LoadedModel(net.eval(), h, _tree_scores(description, loss), description, path)

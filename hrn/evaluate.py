@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from hrn.cli.config import CONF_DIR
+from hrn.cli.entry import run_command
 from hrn.cli.errors import report_errors
 from hrn.cli.evaluation import evaluate
 
@@ -23,4 +24,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "evaluate", __doc__)

@@ -1,6 +1,7 @@
-"""``python -m hrn.export ckpt_path=PATH format=onnx|torchscript [out=PATH] [input=float32|uint8]``: a checkpoint as
-one self-contained file that runs without this package (onnxruntime, or libtorch / ``torch.jit.load``); what the
-file holds: :mod:`hrn.deploy.formats`. Prints one JSON line: the file, its size, the export time and the check."""
+"""``python -m hrn.export ckpt_path=PATH format=onnx|torchscript|safetensors [out=PATH]``: a checkpoint as one
+self-contained file that runs without this package (ONNX for onnxruntime, TorchScript for libtorch), or as a
+weights-only folder to share (safetensors and config.json, :mod:`hrn.share`). What the files hold:
+:mod:`hrn.deploy.formats`. Prints one JSON line: what was written, its size, the export time and the check."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from hrn.cli.config import CONF_DIR
+from hrn.cli.entry import run_command
 from hrn.cli.errors import report_errors
 from hrn.deploy.formats import export
 
@@ -22,9 +24,18 @@ __all__ = ["export", "main"]
 def main(cfg: DictConfig) -> None:
     for name in ("onnx_ir", "onnxscript"):  # their graph passes log every step at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
-    summary = export(cfg.ckpt_path, cfg.format, cfg.out, cfg.input, cfg.opset, cfg.check)
+    summary = export(
+        cfg.ckpt_path,
+        cfg.format,
+        cfg.out,
+        cfg.input,
+        cfg.opset,
+        cfg.check,
+        cfg.trust_checkpoint,
+        cfg.threshold,
+    )
     print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "export", __doc__)

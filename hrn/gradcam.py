@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 
 from hrn.cli.config import CONF_DIR
+from hrn.cli.entry import run_command
 from hrn.cli.errors import report_errors
 from hrn.explain.cams import gradcam
 
@@ -27,8 +28,9 @@ def main(cfg: DictConfig) -> None:
         scale=float(cfg.scale),
         batch_size=int(cfg.batch_size),
         device=str(cfg.device),
+        trust=bool(cfg.trust_checkpoint),
     )
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "gradcam", __doc__)

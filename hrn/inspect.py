@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from hrn.cli.build import build_data
 from hrn.cli.config import CONF_DIR, apply_ratio_settings
+from hrn.cli.entry import run_command
 from hrn.cli.errors import report_errors
 
 __all__ = ["main"]
@@ -26,4 +27,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "inspect", __doc__, config="train")

@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 
 from hrn.cli.config import CONF_DIR
+from hrn.cli.entry import run_command
 from hrn.cli.errors import report_errors
 from hrn.deploy.inference import predict
 
@@ -23,9 +24,12 @@ __all__ = ["main", "predict"]
 @report_errors
 def main(cfg: DictConfig) -> None:
     images = list(cfg.images) if isinstance(cfg.images, ListConfig) else cfg.images
-    for result in predict(cfg.ckpt_path, images, cfg.top_k, cfg.batch_size, cfg.device):
+    results = predict(
+        cfg.ckpt_path, images, cfg.top_k, cfg.batch_size, cfg.device, cfg.trust_checkpoint, cfg.threshold
+    )
+    for result in results:
         print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "predict", __doc__)

@@ -42,11 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReportError as e:
         print(f"hrn: error: {e}", file=sys.stderr)
         return 2
-    failed = sum(r.status != "ok" for r in runs)
+    failed = sum(r.status == "failed" for r in runs)
+    smoke = sum(r.status == "smoke" for r in runs)
     print(accuracy_table(runs))
     print()
     print(
-        f"{len(runs)} runs, {len(runs) - failed} finished, {failed} failed or unfinished (listed in results.md)"
+        f"{len(runs)} runs, {len(runs) - failed - smoke} finished, {failed} failed or unfinished"
+        + (f", {smoke} smoke tests (trainer.fast_dev_run, never averaged)" if smoke else "")
+        + " (listed in results.md)"
     )
     for path in paths:
         print(f"wrote {path}")

@@ -7,6 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from hrn.cli.config import CONF_DIR
+from hrn.cli.entry import run_command
 from hrn.cli.errors import report_errors
 from hrn.cli.training import train
 
@@ -20,4 +21,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "train", __doc__)

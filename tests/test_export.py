@@ -116,13 +116,14 @@ def test_predictor_equals_the_network_through_treeloss_and_traces(cls, tree_scor
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         output = net(images)
-        marginals, path, leaf_probs = predictor(images)
+        marginals, path, leaf_probs, node = predictor(images)
     want_marginals = TreeLoss(h).node_probabilities(output, tree_scores)
     want_path = torch.tensor([greedy_path(m, h) for m in want_marginals])
     assert torch.equal(marginals, want_marginals) and torch.equal(path, want_path)
     assert torch.equal(leaf_probs, output.leaf_logits.softmax(1))
+    assert torch.equal(node, want_path[:, -1])  # threshold 0: the path's leaf
     traced = torchscript_bytes(predictor, torch.randn(2, 3, 32, 32), "{}")
-    for got, want in zip(run_exported(traced, images), (marginals, path, leaf_probs), strict=True):  # 2 -> 3
+    for got, want in zip(run_exported(traced, images), (marginals, path, leaf_probs, node), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
@@ -166,7 +167,7 @@ def test_predictor_from_a_checkpoint_equals_its_module(trained, image_files):
     images = torch.stack([eval_transform(32, 32)(ImageFiles(image_files)(i)) for i in range(5)])
     with torch.no_grad():
         output = module.net(images)
-        marginals, path, leaf_probs = predictor(images)
+        marginals, path, leaf_probs, _ = predictor(images)
     want = TreeProbabilities(module.hierarchy).marginals(output.scores(module.tree_scores))
     assert predictor.tree_scores == module.tree_scores and not any(
         p.requires_grad for p in predictor.parameters()
@@ -187,16 +188,17 @@ def preprocess(paths: list[Path], meta: dict, uint8: bool = False) -> torch.Tens
 
 
 def assert_matches_predict(outputs, paths: list[Path], ckpt: Path, meta: dict) -> float:
-    """Exported (marginals, path, leaf_probs) for ``paths`` against hrn.predict's lines for the same files: the
-    same path labels, every node's and every leaf's probability within PREDICT_TOL. Returns the largest
-    difference."""
-    marginals, path, leaf_probs = (torch.as_tensor(o) for o in outputs)
+    """Exported (marginals, path, leaf_probs, node) for ``paths`` against hrn.predict's lines for the same files:
+    the same path labels and predicted node, every node's and every leaf's probability within PREDICT_TOL. Returns
+    the largest difference."""
+    marginals, path, leaf_probs, node = (torch.as_tensor(o) for o in outputs)
     names, sizes = meta["names"], meta["level_sizes"]
     assert marginals.shape == (len(paths), len(names)) and path.shape == (len(paths), len(sizes))
     assert path.dtype == torch.int64 and leaf_probs.shape == (len(paths), sizes[-1])
     worst = 0.0
     for i, line in enumerate(predict(str(ckpt), [str(p) for p in paths], top_k=max(sizes), device="cpu")):
         assert [names[v] for v in path[i]] == [p["label"] for p in line["path_prediction"]]
+        assert names[int(node[i])] == line["prediction"]["label"]
         for level in line["top_k"].values():  # top_k = the largest level: every node
             for entry in level:
                 worst = max(worst, abs(float(marginals[i, names.index(entry["label"])]) - entry["prob"]))
@@ -258,7 +260,10 @@ def test_onnx_round_trip_in_onnxruntime_equals_predict(trained, image_files, tmp
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"format": "tflite"}, "format=tflite: unknown; use format=onnx or format=torchscript"),
+        (
+            {"format": "tflite"},
+            "format=tflite: unknown; use format=onnx, format=torchscript or format=safetensors",
+        ),
         ({"input": "float16"}, "input=float16: unknown; use input=float32 or input=uint8"),
         ({"opset": 17}, "opset=17: use an ONNX opset of 18 or newer (the tree marginals need it)"),
         ({"opset": "new"}, "opset=new: use an ONNX opset of 18 or newer (the tree marginals need it)"),
@@ -291,8 +296,8 @@ def test_missing_onnx_package_says_how_to_install(tmp_path, monkeypatch, package
 
 def test_a_model_that_disagrees_is_not_written(trained, tmp_path, monkeypatch):
     def off_by_a_bit(model, images):
-        marginals, path, leaf_probs = run_exported(model, images)
-        return marginals + 1e-3, path, leaf_probs
+        marginals, path, leaf_probs, node = run_exported(model, images)
+        return marginals + 1e-3, path, leaf_probs, node
 
     monkeypatch.setattr("hrn.deploy.formats.run_exported", off_by_a_bit)
     out = tmp_path / "model.pt"
@@ -323,7 +328,7 @@ def test_cli_writes_the_file_and_prints_one_line_errors(trained, tmp_path):
         code="import sys, runpy; sys.modules['onnxscript'] = None; runpy.run_module('hrn.export', run_name='__main__')",
     )
     lines = {
-        "bad": "hrn: error: format=tflite: unknown; use format=onnx or format=torchscript",
+        "bad": "hrn: error: format=tflite: unknown; use format=onnx, format=torchscript or format=safetensors",
         "missing": f"hrn: error: ckpt_path={tmp_path}/none.ckpt: checkpoint not found",
         "no_onnx": "hrn: error: format=onnx needs the packages onnxscript: pip install 'hrn[export]'",
     }

@@ -11,7 +11,7 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "hrn"
-COMMANDS = ("train", "evaluate", "predict", "inspect", "export", "gradcam", "report", "bench")
+COMMANDS = ("train", "evaluate", "predict", "inspect", "export", "gradcam", "calibrate", "report", "bench")
 COMMAND_LAYER = ("hrn.cli",)  # what the commands share: the Hydra layer
 TRAINING = ("hrn.training",)  # the only part on Lightning
 

@@ -1,6 +1,7 @@
 """The notebooks in `notebooks/`: stored without outputs, and each runs top to bottom (tiny settings)."""
 
 import csv
+import re
 from pathlib import Path
 
 import nbformat
@@ -48,7 +49,8 @@ def test_stored_without_outputs(name):
 def test_quickstart_runs(tmp_path, monkeypatch):
     nb = execute("quickstart", tmp_path, monkeypatch)
     out = text(nb)
-    assert "level 1: hbar" in out and "test/acc_l3" in out and "leaf softmax:" in out
+    # fast mode barely trains: any level-1 node may be predicted, but the path is printed
+    assert re.search(r"level 1: (hbar|vbar|square) ", out) and "test/acc_l3" in out and "leaf softmax:" in out
     assert len(outputs(nb, "image/png")) >= 3  # confusion matrix, image, tree
     assert list((tmp_path / "work" / "evaluate").glob("metrics.json"))
 

@@ -12,6 +12,7 @@ from hrn.checkpoints import describe_network
 from hrn.data.base import DataSplits
 from hrn.data.protocols import apply_protocols
 from hrn.errors import HRNError
+from hrn.metrics.hierarchical import check_threshold
 
 __all__ = [
     "LOGGER_PACKAGES",
@@ -66,6 +67,7 @@ def build_module(cfg: DictConfig, data: DataSplits):
         description=description,
         compile=bool(cfg.get("compile", False)),
         channels_last=bool(cfg.get("channels_last", False)),
+        threshold=check_threshold(cfg.get("threshold", 0.0)),
     )
 
 
@@ -90,11 +92,14 @@ def build_loggers(cfg: DictConfig) -> list:
 
 
 def build_callbacks(cfg: DictConfig) -> list:
-    """The callbacks of ``cfg.callbacks``; with ``trainer.enable_progress_bar=false``, without the progress bar."""
-    from hrn.training.trainer import without_progress_bar
+    """The callbacks of ``cfg.callbacks``; without the progress bar when ``trainer.enable_progress_bar=false``,
+    without checkpoints in a ``trainer.fast_dev_run`` smoke test."""
+    from hrn.training.trainer import fitting_callbacks
 
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
-    return without_progress_bar(callbacks, cfg.trainer.get("enable_progress_bar"))
+    return fitting_callbacks(
+        callbacks, cfg.trainer.get("enable_progress_bar"), cfg.trainer.get("fast_dev_run")
+    )
 
 
 def build_trainer(cfg: DictConfig, loggers: list):

@@ -5,9 +5,12 @@ in its run directory:
 
 - ``metrics.json``: the flat metrics, ``test/acc_l1`` ... ``test/num_samples`` (prefix = the split);
 - ``predictions.npz``: ``scores`` (M, N) as used for ``ap_micro``, ``targets`` (M, N) multi-hot (label and
-  ancestors), ``preds`` (M, L) per-level predictions, ``paths`` (M,);
+  ancestors), ``preds`` (M, L) per-level predictions, ``node`` (M,) the node predicted at ``threshold``, ``path``
+  and ``path_probs`` (M, L), ``paths`` (M,);
 - ``per_class.csv``: per node, its level, support and accuracy;
-- ``confusion_l{l}.png``: a confusion matrix per level.
+- ``confusion_l{l}.png``: a confusion matrix per level;
+- ``specificity.csv`` and ``specificity.png``: hP, hR, hF, where the predictions stop and their accuracy, for a
+  grid of thresholds: the picture to choose a threshold from.
 """
 
 from __future__ import annotations
@@ -21,10 +24,24 @@ from hrn.atomic import write_json
 from hrn.checkpoints import load_checkpoint
 from hrn.data.base import DataError, DataSplits
 from hrn.metrics import level_table
-from hrn.metrics.outputs import per_class_rows, write_confusions, write_per_class, write_predictions
+from hrn.metrics.hierarchical import check_threshold
+from hrn.metrics.outputs import (
+    per_class_rows,
+    specificity_rows,
+    write_confusions,
+    write_per_class,
+    write_predictions,
+    write_specificity,
+)
 from hrn.tree import Hierarchy
 
-__all__ = ["check_same_tree", "dataset_config", "evaluate"]
+__all__ = ["SUMMARY", "check_same_tree", "dataset_config", "evaluate"]
+
+SUMMARY = (
+    "ap_micro", "full_path_acc", "consistency", "tice", "wap", "mistake_severity", "mistake_severity_top5",
+    "h_precision", "h_recall", "h_f1", "num_samples",
+)  # fmt: skip
+"""The metrics ``hrn.evaluate`` prints below its per-level table."""
 
 
 def dataset_config(cfg: DictConfig, meta: dict) -> dict:
@@ -63,10 +80,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise DataError(f"split={cfg.split!r}: expected 'test' or 'val'")
     from hrn.training import HRNModule  # Lightning is imported only where a module is built
 
-    model = load_checkpoint(cfg.ckpt_path)
+    model = load_checkpoint(cfg.ckpt_path, bool(cfg.get("trust_checkpoint", False)))
     data: DataSplits = instantiate(dataset_config(cfg, model.description))
     check_same_tree(data, model.hierarchy)
-    module = HRNModule(model.net, model.build_loss(), model.hierarchy, description=model.description)
+    threshold = check_threshold(cfg.get("threshold", 0.0))
+    module = HRNModule(
+        model.net,
+        model.build_loss(),
+        model.hierarchy,
+        description=model.description,
+        threshold=threshold,
+        calibration=model.calibration,
+    )
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     images = getattr(data, cfg.split)
     results = trainer.test(module, data.loader(cfg.split), verbose=False)
@@ -80,8 +105,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         write_predictions(run_dir / "predictions.npz", records, data.hierarchy, paths)
         write_per_class(run_dir / "per_class.csv", per_class_rows(records, data.hierarchy))
         write_confusions(run_dir, records, data.hierarchy)
+        write_specificity(run_dir, specificity_rows(records, data.hierarchy), data.hierarchy)
         print(level_table(metrics, data.hierarchy.level_sizes, stage=cfg.split))
-        for key in ("ap_micro", "full_path_acc", "consistency", "mistake_severity", "num_samples"):
-            print(f"{key:<20}{metrics[f'{cfg.split}/{key}']:>10.4f}")
-        print(f"wrote {run_dir}/metrics.json, predictions.npz, per_class.csv, confusion_l*.png")
+        for key in SUMMARY:
+            print(f"{key:<24}{metrics[f'{cfg.split}/{key}']:>10.4f}")
+        print(
+            f"at threshold {threshold:g}: hierarchical precision, recall and F1 of the deepest confident node"
+        )
+        print(
+            f"wrote {run_dir}/metrics.json, predictions.npz, per_class.csv, confusion_l*.png, specificity.csv, "
+            "specificity.png"
+        )
     return metrics

@@ -61,6 +61,23 @@ def apply_matmul_precision(cfg: DictConfig) -> None:
     )
 
 
+def resume_files(resume: str | None, trainer) -> list[Path]:
+    """The checkpoint ``ckpt_path`` names: the file, or for ``last`` the newest ``last*.ckpt`` of the run's
+    checkpoint folder (none when there is none yet: Lightning then starts afresh)."""
+    if resume is None:
+        return []
+    if resume != "last":
+        return [Path(resume)]
+    callback = trainer.checkpoint_callback
+    folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
+    found = (
+        sorted(folder.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if folder and folder.is_dir()
+        else []
+    )
+    return found[-1:]
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test one run described by ``cfg``; returns the flat test metrics (also in ``metrics.json``)."""
     from hrn.training.trainer import fit_and_test, seed_everything
@@ -73,9 +90,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg, data)
     trainer = build_trainer(cfg, loggers)
     resume = cfg.get("ckpt_path")
-    if resume not in (None, "last"):
-        read_checkpoint(resume)  # one clear line for a missing, truncated or foreign file, before training
-    metrics, best = fit_and_test(trainer, module, data, resume)
+    trust = bool(cfg.get("trust_checkpoint", False))
+    for path in resume_files(resume, trainer):
+        # before training: one clear line for a missing, truncated or foreign file, or one that would run code
+        read_checkpoint(path, trust)
+    metrics, best = fit_and_test(trainer, module, data, resume, trust)
     if trainer.is_global_zero:  # every process holds the same (gathered) metrics; one writes them
         write_json(Path(cfg.run_dir) / "metrics.json", metrics)
         print(level_table(metrics, data.hierarchy.level_sizes))

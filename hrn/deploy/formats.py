@@ -9,11 +9,16 @@ The exported model is :class:`hrn.deploy.Predictor`: network, tree marginals and
     outputs marginals   (B, N)  float32     marginal probability of every node (levels coarse -> fine)
             path        (B, L)  int64       global node index per level: a root-to-leaf path, as ``hrn.predict``
             leaf_probs  (B, n_L) float32    the leaf softmax head
+            node        (B,)    int64       the node predicted at the export's threshold (-1 for none), as
+                                            ``hrn.predict``'s ``prediction``; with threshold 0 the path's leaf
 
 B is free (dynamic). Node names, level sizes, the tree, transform sizes and input/output names travel inside the
 file as one JSON document (:func:`read_metadata`): ONNX metadata property ``hrn``, TorchScript extra file
 ``hrn.json``. With ``check=true`` (default) the exported model is loaded back and run on a batch of another size
-before it is written, and must agree with the checkpoint. Prints one JSON line: the file, its size, the export time and the check.
+before it is written, and must agree with the checkpoint.
+
+``format=safetensors`` writes no graph but the weights-only share folder instead (:mod:`hrn.share`:
+``model.safetensors`` and ``config.json``), checked the same way.
 """
 
 from __future__ import annotations
@@ -26,24 +31,28 @@ import logging
 import time
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
 import hrn
 from hrn.atomic import atomic_write_bytes
-from hrn.checkpoints import load_checkpoint
+from hrn.checkpoints import LoadedModel, load_checkpoint
 from hrn.data.augment import MEAN, STD
 from hrn.deploy.predictor import INPUT_NAME, OUTPUT_NAMES, Predictor
 from hrn.errors import HRNError
+from hrn.metrics.hierarchical import check_threshold
+from hrn.share import folder_files, model_from_files, write_folder
 
 __all__ = [
     "ExportError",
     "FORMATS",
     "build_predictor",
     "export",
+    "export_folder",
     "onnx_bytes",
+    "predictor_of",
     "read_metadata",
     "run_exported",
     "torchscript_bytes",
@@ -51,7 +60,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # format -> suffix of the default output file
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ""}  # format -> suffix of the default output
 INPUTS = ("float32", "uint8")
 METADATA_KEY = "hrn"  # ONNX metadata_props key; the TorchScript extra file is METADATA_KEY + ".json"
 MIN_OPSET = 18  # the tree marginals' ScatterElements(reduction="max") entered ONNX in opset 18
@@ -75,14 +84,30 @@ def _require_onnx() -> None:
         raise ExportError(f"format=onnx needs the packages {', '.join(missing)}: pip install 'hrn[export]'")
 
 
-def build_predictor(ckpt_path: str | Path, uint8_input: bool = False) -> tuple[Predictor, dict]:
-    """The checkpoint's network and tree as an inference-only :class:`Predictor` (eval mode, no gradients), and
-    the checkpoint's self-description."""
-    model = load_checkpoint(ckpt_path)
-    predictor = Predictor(model.net, model.hierarchy, model.tree_scores, uint8_input, (MEAN,) * 3, (STD,) * 3)
+def predictor_of(model: LoadedModel, uint8_input: bool = False, threshold: float = 0.0) -> Predictor:
+    """A trained model's network, tree and temperatures as an inference-only :class:`Predictor` (eval mode, no
+    gradients), predicting at ``threshold``."""
+    predictor = Predictor(
+        model.net,
+        model.hierarchy,
+        model.tree_scores,
+        uint8_input,
+        (MEAN,) * 3,
+        (STD,) * 3,
+        threshold,
+        model.calibration,
+    )
     # torch.export cannot record the tree marginals' in-place writes into views of tensors that need gradients;
     # an exported model never trains, so its weights are constants
-    return predictor.eval().requires_grad_(False), model.description
+    return predictor.eval().requires_grad_(False)
+
+
+def build_predictor(
+    ckpt_path: str | Path, uint8_input: bool = False, trust: bool = False, threshold: float = 0.0
+) -> tuple[Predictor, dict]:
+    """The checkpoint's (or shared folder's) :func:`predictor_of`, and its self-description."""
+    model = load_checkpoint(ckpt_path, trust)
+    return predictor_of(model, uint8_input, threshold), model.description
 
 
 def metadata(predictor: Predictor, meta: dict, ckpt_path: str | Path, input_dtype: str) -> dict:
@@ -99,6 +124,8 @@ def metadata(predictor: Predictor, meta: dict, ckpt_path: str | Path, input_dtyp
         "checkpoint": Path(ckpt_path).name,
         "net": meta.get("net", {}).get("_target_"),
         "tree_scores": predictor.tree_scores,
+        "threshold": predictor.threshold,
+        "calibration": meta.get("calibration"),
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, crop, crop], "dtype": input_dtype},
         "transform": {
             "resize": [resize, resize],
@@ -111,6 +138,7 @@ def metadata(predictor: Predictor, meta: dict, ckpt_path: str | Path, input_dtyp
             "marginals": {"shape": ["batch", len(names)], "dtype": "float32"},
             "path": {"shape": ["batch", len(tree["levels"])], "dtype": "int64"},
             "leaf_probs": {"shape": ["batch", len(tree["levels"][-1])], "dtype": "float32"},
+            "node": {"shape": ["batch"], "dtype": "int64"},
         },
         "output_names": list(OUTPUT_NAMES),
         "names": names,  # node index -> name, levels coarse -> fine: the index space of marginals and path
@@ -220,22 +248,25 @@ def run_exported(model: str | Path | bytes, images: torch.Tensor) -> tuple[torch
     return tuple(torch.from_numpy(a) for a in session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.numpy()}))
 
 
-def check_exported(payload: bytes, predictor: Predictor, crop: int, out: Path) -> dict:
-    """Load the exported file's bytes back, run them on a random batch of CHECK_BATCH (not the traced size) and
-    compare with the predictor: the largest absolute differences; an ExportError beyond CHECK_ATOL."""
+def check_exported(
+    run: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], predictor: Predictor, crop: int, out: Path
+) -> dict:
+    """Run the exported model (``run``: images -> its outputs, from the bytes to be written) on a random batch of
+    CHECK_BATCH (not the traced size) and compare with the predictor: the largest absolute differences; an
+    ExportError beyond CHECK_ATOL."""
     images = example_images(CHECK_BATCH, crop, predictor.uint8_input, seed=1)
     with torch.no_grad():
         want = predictor(images)
-    got = run_exported(payload, images)
+        got = run(images)
     diffs = {
         name: float((g.float() - w.float()).abs().max())
         for name, g, w in zip(OUTPUT_NAMES, got, want, strict=True)
-        if name != "path"
+        if name not in ("path", "node")
     }
     result = {
         "batch_size": CHECK_BATCH,
         "max_abs_diff": diffs,
-        "paths_equal": bool(torch.equal(got[1], want[1])),
+        "paths_equal": bool(torch.equal(got[1], want[1]) and torch.equal(got[3], want[3])),
     }
     if max(diffs.values()) > CHECK_ATOL:
         raise ExportError(
@@ -252,14 +283,24 @@ def export(
     input: str = "float32",
     opset: int = MIN_OPSET,
     check: bool = True,
+    trust: bool = False,
+    threshold: float = 0.0,
 ) -> dict:
-    """Export the checkpoint at ``ckpt_path`` to ``out`` (default: beside it, ``<name>.onnx`` / ``<name>.pt``).
+    """Export the checkpoint (or shared folder) at ``ckpt_path`` to ``out`` (default: beside it, ``<name>.onnx``,
+    ``<name>.pt``, or the folder ``<name>/`` for ``format=safetensors``, :mod:`hrn.share`).
 
     Returns a summary: ``out``, ``format``, ``bytes``, ``export_s`` (graph capture and serialisation) and, with
-    ``check``, the comparison with the checkpoint on a fresh batch (:func:`check_exported`).
+    ``check``, the comparison with the checkpoint on a fresh batch (:func:`check_exported`). ``trust``: as
+    :func:`hrn.checkpoints.read_checkpoint`; ``threshold``: the marginal the exported ``node`` output must reach
+    (the shared folder keeps the whole model and takes its threshold where it is used).
     """
+    threshold = check_threshold(threshold)
     if format not in FORMATS:
-        raise ExportError(f"format={format}: unknown; use format=onnx or format=torchscript")
+        raise ExportError(
+            f"format={format}: unknown; use format=onnx, format=torchscript or format=safetensors"
+        )
+    if format == "safetensors":
+        return export_folder(ckpt_path, out, check, trust)
     if input not in INPUTS:
         raise ExportError(f"input={input}: unknown; use input=float32 or input=uint8")
     if format == "onnx":
@@ -274,7 +315,7 @@ def export(
             f"out={out}: is a folder; give the file to write, e.g. out={out / ('model' + FORMATS[format])}"
         )
 
-    predictor, meta = build_predictor(ckpt_path, uint8_input=input == "uint8")
+    predictor, meta = build_predictor(ckpt_path, input == "uint8", trust, threshold)
     info = metadata(predictor, meta, ckpt_path, input)
     crop = info["transform"]["crop"]
     example = example_images(EXAMPLE_BATCH, crop, predictor.uint8_input)
@@ -287,7 +328,36 @@ def export(
     export_s = time.perf_counter() - start
     summary = {"out": str(out), "format": format, "bytes": len(payload), "export_s": round(export_s, 2)}
     if check:  # before writing: a file that disagrees with its checkpoint never lands where a user looks
-        summary["check"] = check_exported(payload, predictor, crop, out)
+        summary["check"] = check_exported(lambda images: run_exported(payload, images), predictor, crop, out)
     atomic_write_bytes(out, payload)
     log.info("wrote %s (%s, %.1f MB) in %.1f s", out, format, len(payload) / 1e6, export_s)
+    return summary
+
+
+def export_folder(
+    ckpt_path: str | Path, out: str | Path | None, check: bool = True, trust: bool = False
+) -> dict:
+    """``format=safetensors``: the weights-only share folder (``model.safetensors`` and ``config.json``,
+    :mod:`hrn.share`) of the checkpoint at ``ckpt_path``, checked like the other formats by rebuilding the model
+    from the bytes to be written, before they are."""
+    model = load_checkpoint(ckpt_path, trust)
+    out = Path(out) if out else Path(ckpt_path).with_suffix("")
+    if out.resolve() == Path(ckpt_path).resolve():
+        raise ExportError(
+            f"out={out}: is the model being exported; give another folder, e.g. out={out}-shared"
+        )
+    start = time.perf_counter()
+    files = folder_files(model)
+    summary = {
+        "out": str(out),
+        "format": "safetensors",
+        "bytes": sum(len(b) for b in files.values()),
+        "files": sorted(files),
+        "export_s": round(time.perf_counter() - start, 2),
+    }
+    if check:
+        again = predictor_of(model_from_files(files, out))
+        summary["check"] = check_exported(again, predictor_of(model), model.crop, out)
+    write_folder(files, out)
+    log.info("wrote %s (%s)", out, ", ".join(sorted(files)))
     return summary

@@ -3,14 +3,17 @@
 ``images`` is a list of files, a folder (its images, sorted) or a glob. One dict per image::
 
     {"path": "a.jpg",
+     "prediction": {"label": "Diomedeidae", "level": 2, "prob": 0.93},
      "path_prediction": [{"level": 1, "label": "Procellariiformes", "prob": 0.97}, ...],
      "top_k": {"1": [{"label": ..., "prob": ...}, ...], "2": [...], ...},
      "leaf_softmax_top_k": [{"label": ..., "prob": ...}, ...]}
 
 ``path_prediction`` follows the tree marginals from the top: the most probable level-1 node, then its most
 probable child, and so on, so it is always a valid root-to-leaf path; ``prob`` is each node's marginal
-probability. ``top_k`` ranks each level by marginal probability; ``leaf_softmax_top_k`` is the leaf softmax head's.
-Works from the checkpoint alone: tree, names, network and test transform are stored in it.
+probability. ``prediction`` is the deepest node of that path whose marginal reaches the ``threshold`` (the leaf
+with the default 0; null when not even the level-1 node reaches it): the answer at the level the model is sure
+of. ``top_k`` ranks each level by marginal probability; ``leaf_softmax_top_k`` is the leaf softmax head's. Works
+from the checkpoint alone: tree, names, network, test transform and temperatures (``hrn.calibrate``) are in it.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import torch
 from hrn.checkpoints import LoadedModel, load_checkpoint
 from hrn.data.base import DataError
 from hrn.data.files import ImageFiles, expand_images
+from hrn.metrics.hierarchical import check_threshold
 from hrn.nets import ModelError
-from hrn.tree import Hierarchy, TreeProbabilities
+from hrn.tree import Hierarchy
 
 __all__ = ["describe", "pick_device", "predict", "predict_images"]
 
@@ -39,11 +43,19 @@ def pick_device(device: str) -> torch.device:
 
 
 def describe(
-    path: Path, marginals: torch.Tensor, route: list[int], leaf_probs: torch.Tensor, h: Hierarchy, k: int
+    path: Path,
+    marginals: torch.Tensor,
+    route: list[int],
+    leaf_probs: torch.Tensor,
+    h: Hierarchy,
+    k: int,
+    node: int | None = None,
 ) -> dict:
-    """One image's prediction: (N,) marginals, its top-down path (global node indices, one per level) and the
-    (n_L,) leaf softmax -> the dict of the module docstring."""
+    """One image's prediction: (N,) marginals, its top-down path (global node indices, one per level), the (n_L,)
+    leaf softmax and the node predicted at the threshold (-1 for none; None: the end of the path) -> the dict
+    of the module docstring."""
     names, off = h.names, h.offsets
+    node = route[-1] if node is None else node
     top = {}
     for lvl in range(h.num_levels):
         probs = marginals[off[lvl] : off[lvl + 1]]
@@ -53,8 +65,16 @@ def describe(
             for v, i in zip(values, idx, strict=True)
         ]
     values, idx = leaf_probs.topk(min(k, leaf_probs.numel()))
+    prediction = None
+    if node >= 0:
+        prediction = {
+            "label": names[node],
+            "level": h.level_of(node),
+            "prob": round(float(marginals[node]), 6),
+        }
     return {
         "path": str(path),
+        "prediction": prediction,
         "path_prediction": [
             {"level": lvl + 1, "label": names[v], "prob": round(float(marginals[v]), 6)}
             for lvl, v in enumerate(route)
@@ -68,14 +88,20 @@ def describe(
 
 
 def predict_images(
-    model: LoadedModel, paths: list[Path], top_k: int = 5, batch_size: int = 16, device: str = "auto"
+    model: LoadedModel,
+    paths: list[Path],
+    top_k: int = 5,
+    batch_size: int = 16,
+    device: str = "auto",
+    threshold: float = 0.0,
 ) -> Iterator[dict]:
     """Yield one prediction dict per image file (see the module docstring), ``batch_size`` images at a time."""
     if top_k < 1:
         raise DataError(f"top_k={top_k}: must be at least 1")
+    threshold = check_threshold(threshold)
     dev = pick_device(device)
     net = model.net.to(dev)
-    probabilities = TreeProbabilities(model.hierarchy).to(dev)
+    probabilities = model.probabilities().to(dev)
     transform = model.transform()
     load = ImageFiles(paths)
     for start in range(0, len(paths), batch_size):
@@ -83,18 +109,30 @@ def predict_images(
         with torch.no_grad():
             output = net(torch.stack(batch).to(dev))
             marginals = probabilities.node_probabilities(output, model.tree_scores)
-            routes = probabilities.top_down_path(marginals).cpu().tolist()
-            marginals, leaf_probs = marginals.cpu(), output.leaf_logits.float().softmax(1).cpu()
+            routes = probabilities.top_down_path(marginals)
+            nodes = probabilities.confident_node(marginals, threshold, routes)[0].tolist()
+            routes, marginals = routes.tolist(), marginals.cpu()
+            leaf_probs = probabilities.leaf_probabilities(output.leaf_logits).cpu()
         for j in range(len(batch)):
-            yield describe(paths[start + j], marginals[j], routes[j], leaf_probs[j], model.hierarchy, top_k)
+            yield describe(
+                paths[start + j], marginals[j], routes[j], leaf_probs[j], model.hierarchy, top_k, nodes[j]
+            )
 
 
 def predict(
-    ckpt_path: str | Path, images, top_k: int = 5, batch_size: int = 16, device: str = "auto"
+    ckpt_path: str | Path,
+    images,
+    top_k: int = 5,
+    batch_size: int = 16,
+    device: str = "auto",
+    trust: bool = False,
+    threshold: float = 0.0,
 ) -> Iterator[dict]:
     """Yield one prediction dict per image of ``images`` (a list of files, a folder or a glob) from the
-    checkpoint at ``ckpt_path``."""
+    checkpoint (or shared folder) at ``ckpt_path``, the prediction at ``threshold`` (0: the leaf);
+    ``trust``: as :func:`hrn.checkpoints.read_checkpoint`."""
     if top_k < 1:
         raise DataError(f"top_k={top_k}: must be at least 1")
-    model = load_checkpoint(ckpt_path)
-    yield from predict_images(model, expand_images(images), top_k, batch_size, device)
+    check_threshold(threshold)
+    model = load_checkpoint(ckpt_path, trust)
+    yield from predict_images(model, expand_images(images), top_k, batch_size, device, threshold)

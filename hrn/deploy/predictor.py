@@ -1,8 +1,9 @@
 """A trained network and its label tree as one module that traces and exports (TorchScript, ONNX).
 
-``Predictor(images) -> (marginals, path, leaf_probs)``: what ``hrn.predict`` computes for a batch, as tensors:
+``Predictor(images) -> (marginals, path, leaf_probs, node)``: what ``hrn.predict`` computes for a batch, as tensors:
 
     images ─ net ─ scores (B, N) ─ tree marginals ─ marginals (B, N) ─ top-down walk ─ path (B, L)
+                 │                                                                   └ threshold ─ node (B,)
                  └ leaf logits (B, n_L) ─ softmax ─ leaf_probs (B, n_L)
 
 No Lightning, no Hydra: :mod:`hrn.deploy.formats` builds it from a checkpoint and writes the files.
@@ -12,7 +13,7 @@ Shapes: B = batch, N = nodes of the tree, L = levels, n_l = nodes of level l.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -22,11 +23,12 @@ from hrn.tree import Hierarchy, TreeProbabilities, check_tree_scores
 __all__ = ["Predictor", "INPUT_NAME", "OUTPUT_NAMES"]
 
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("marginals", "path", "leaf_probs")
+OUTPUT_NAMES = ("marginals", "path", "leaf_probs", "node")
 
 
 class Predictor(nn.Module):
-    """A trained network + its tree: images -> per-node marginals, a root-to-leaf path, leaf softmax.
+    """A trained network + its tree: images -> per-node marginals, a root-to-leaf path, leaf softmax, the node
+    predicted at the threshold.
 
     ``forward`` is tensor ops only (no loop over the batch, no branch on values), so ``torch.jit.trace`` and
     ``torch.onnx.export`` record it once for any batch size. The probabilities and the path are
@@ -42,6 +44,8 @@ class Predictor(nn.Module):
             scale and normalise them here, exactly as the test transform does; otherwise take the transform's
             float output.
         mean, std: the per-channel normalisation of the test transform (``hrn.data.augment``), for ``uint8_input``.
+        threshold: the marginal the predicted ``node`` must reach (the deepest of the path that does; 0: the leaf).
+        calibration: the model's temperatures (``hrn.load_checkpoint(...).calibration``), or None.
     """
 
     def __init__(
@@ -52,11 +56,14 @@ class Predictor(nn.Module):
         uint8_input: bool = False,
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
+        threshold: float = 0.0,
+        calibration: Mapping | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         # the package's own marginals and path: their scatter ops export (ONNX opset >= 18) and run in onnxruntime
-        self.probabilities = TreeProbabilities(hierarchy)
+        self.probabilities = TreeProbabilities.calibrated(hierarchy, calibration)
+        self.threshold = threshold
         self.tree_scores = check_tree_scores(tree_scores)
         self.uint8_input = uint8_input
         self.register_buffer(
@@ -66,8 +73,9 @@ class Predictor(nn.Module):
             "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
         )
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, 3, crop, crop) images -> marginals (B, N) float32, path (B, L) int64, leaf_probs (B, n_L) float32.
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, 3, crop, crop) images -> marginals (B, N) float32, path (B, L) int64, leaf_probs (B, n_L) float32,
+        node (B,) int64 (the node predicted at the threshold, -1 for none).
 
         ``images``: the test transform's output (Resize(resize, resize) -> CenterCrop(crop) -> [0, 1] ->
         Normalize(mean, std)), or with ``uint8_input`` the uint8 pixels before the last two steps.
@@ -76,4 +84,6 @@ class Predictor(nn.Module):
             images = images.to(torch.float32).mul(1.0 / 255).sub(self.mean).div(self.std)
         output = self.net(images)
         marginals = self.probabilities.node_probabilities(output, self.tree_scores)
-        return marginals, self.probabilities.top_down_path(marginals), output.leaf_logits.float().softmax(1)
+        path = self.probabilities.top_down_path(marginals)
+        node, _ = self.probabilities.confident_node(marginals, self.threshold, path)
+        return marginals, path, self.probabilities.leaf_probabilities(output.leaf_logits), node

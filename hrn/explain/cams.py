@@ -138,6 +138,7 @@ def level_cams(
     layer: str = "gsb",
     tree_scores: str = "sigmoid",
     batch_size: int | None = None,
+    calibration: dict | None = None,
 ) -> LevelCAMs:
     """Grad-CAM heatmaps of every level of ``net`` for a batch of images.
 
@@ -151,6 +152,8 @@ def level_cams(
         tree_scores: what the node probabilities come from, one of :data:`hrn.tree.TREE_SCORES` (the
             checkpoint's ``hrn.load_checkpoint(...).tree_scores``).
         batch_size: images per Grad-CAM pass (all at once by default).
+        calibration: the checkpoint's temperatures (``hrn.load_checkpoint(...).calibration``), for the
+            probabilities in the titles; None: none.
 
     Returns:
         a :class:`LevelCAMs`: per level, (B, H, W) heatmaps in [0, 1], the explained node names and their
@@ -177,6 +180,7 @@ def level_cams(
                     wanted[i : i + batch_size],
                     layer,
                     tree_scores,
+                    calibration=calibration,
                 )
                 for i in range(0, b, batch_size)
             ]
@@ -184,7 +188,7 @@ def level_cams(
 
     net.eval()
     images = images.to(_device(net))
-    probabilities = TreeProbabilities(hierarchy).to(images.device)
+    probabilities = TreeProbabilities.calibrated(hierarchy, calibration).to(images.device)
     with torch.no_grad():
         marginals = probabilities.node_probabilities(net(images), tree_scores).float()  # (B, N)
         through = torch.tensor(nodes, device=images.device)
@@ -279,23 +283,25 @@ def gradcam(
     scale: float = 1.0,
     batch_size: int = 16,
     device: str = "auto",
+    trust: bool = False,
 ) -> tuple[Path, LevelCAMs]:
-    """Load a checkpoint and images (a list, a folder or a glob), compute every level's Grad-CAM and write the
-    grid to ``out``. Returns the PNG's path and the heatmaps."""
+    """Load a checkpoint (or shared folder) and images (a list, a folder or a glob), compute every level's
+    Grad-CAM and write the grid to ``out``. Returns the PNG's path and the heatmaps. ``trust``: as
+    :func:`hrn.checkpoints.read_checkpoint`."""
     if layer not in LAYERS:
         raise CAMError(f"layer={layer!r}: expected one of {', '.join(LAYERS)}")
     if batch_size < 1:
         raise CAMError(f"batch_size={batch_size}: must be at least 1")
     if not 0 < scale <= 1:
         raise CAMError(f"scale={scale}: must be in (0, 1]")
-    model = load_checkpoint(ckpt_path)
+    model = load_checkpoint(ckpt_path, trust)
     h = model.hierarchy
     if target != "predicted":
         node_index(h, target)  # an unknown name fails before any work
     paths = expand_images(images)
     batch = load_images(paths, model.resize, model.crop, scale)
     net = model.net.to(pick_device(device))
-    result = level_cams(net, batch, h, target, layer, model.tree_scores, batch_size)
+    result = level_cams(net, batch, h, target, layer, model.tree_scores, batch_size, model.calibration)
     fig = plot_cams(batch, result, [p.name for p in paths])
     written = save_figure(fig, out)
     log.info("Grad-CAM of %d image(s) x %d level(s) written to %s", len(paths), h.num_levels, written)

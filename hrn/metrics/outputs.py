@@ -11,10 +11,22 @@ import numpy as np
 import torch
 
 from hrn.atomic import atomic_write_bytes
-from hrn.metrics.hierarchical import SampleRecords
+from hrn.metrics.hierarchical import SampleRecords, hierarchical_prf, true_prefix
 from hrn.tree import Hierarchy
+from hrn.tree.probabilities import confident_prediction
 
-__all__ = ["level_table", "per_class_rows", "write_confusions", "write_per_class", "write_predictions"]
+__all__ = [
+    "confusion_figure",
+    "confusion_matrix",
+    "THRESHOLDS",
+    "level_table",
+    "per_class_rows",
+    "specificity_rows",
+    "write_confusions",
+    "write_per_class",
+    "write_predictions",
+    "write_specificity",
+]
 
 
 def level_table(metrics: dict[str, float], level_sizes: list[int], stage: str = "test") -> str:
@@ -29,13 +41,18 @@ def level_table(metrics: dict[str, float], level_sizes: list[int], stage: str = 
 
 def write_predictions(path: Path, records: SampleRecords, h: Hierarchy, paths: list[str]) -> None:
     """``predictions.npz``: ``scores`` (M, N) as used for ``ap_micro``, ``targets`` (M, N) multi-hot (label and
-    ancestors), ``preds`` (M, L) per-level predictions, ``paths`` (M,)."""
+    ancestors), ``preds`` (M, L) per-level predictions, ``node`` (M,) int64 the node predicted at the threshold
+    (-1 for none), ``path`` (M, L) and ``path_probs`` (M, L) the top-down path of the marginals and its
+    marginals, ``paths`` (M,) the image files."""
     buf = io.BytesIO()
     np.savez_compressed(
         buf,
         scores=records.scores.cpu().numpy(),
         targets=h.ancestors[records.target.cpu()].numpy().astype(np.uint8),
         preds=records.preds.cpu().numpy(),
+        node=records.node.cpu().numpy().astype(np.int64),
+        path=records.path.cpu().numpy(),
+        path_probs=records.path_probs.cpu().numpy(),
         paths=np.array(paths),
     )
     atomic_write_bytes(path, buf.getvalue())
@@ -64,33 +81,120 @@ def write_per_class(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def write_confusions(run_dir: Path, records: SampleRecords, h: Hierarchy) -> list[Path]:
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (notebooks) alone
+def confusion_matrix(records: SampleRecords, h: Hierarchy, level: int) -> torch.Tensor:
+    """(n_l, n_l) counts of level ``level`` (1-based): rows the true class, columns the predicted one, over the
+    samples whose label is at that level or finer."""
+    truth = h.ancestor_at_level[level - 1, records.target.cpu()]
+    preds = records.preds.cpu()[:, level - 1]
+    known = truth >= 0
+    n = h.level_sizes[level - 1]
+    matrix = torch.zeros(n, n, dtype=torch.long)
+    matrix.index_put_(
+        (truth[known], preds[known]), torch.ones(int(known.sum()), dtype=torch.long), accumulate=True
+    )
+    return matrix
 
-    truth = h.ancestor_at_level[:, records.target.cpu()].T
-    preds = records.preds.cpu()
+
+def confusion_figure(matrix: torch.Tensor, names: list[str], level: int):
+    """A confusion matrix as a :class:`matplotlib.figure.Figure` (no pyplot: the caller's backend stays as it is),
+    with a colour bar of the counts and a title that fits the figure."""
+    from matplotlib.figure import Figure
+
+    n = len(names)
+    size = min(4 + n * 0.12, 24)
+    fig = Figure(
+        figsize=(size + 1.0, size), layout="constrained"
+    )  # constrained layout keeps the title inside
+    ax = fig.subplots()
+    image = ax.imshow(matrix.numpy(), cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="images")
+    ax.set_title(f"level {level}: {n} classes\nrows: truth, columns: prediction", fontsize=9)
+    if n <= 40:
+        ax.set_xticks(range(n), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), names, fontsize=7)
+    ax.set_xlabel("prediction", fontsize=8)
+    ax.set_ylabel("truth", fontsize=8)
+    return fig
+
+
+def write_confusions(run_dir: Path, records: SampleRecords, h: Hierarchy) -> list[Path]:
+    """``confusion_l{l}.png``, a confusion matrix per level, written atomically."""
     out = []
-    for lvl, n in enumerate(h.level_sizes, start=1):
-        known = truth[:, lvl - 1] >= 0
-        matrix = torch.zeros(n, n, dtype=torch.long)
-        matrix.index_put_(
-            (truth[known, lvl - 1], preds[known, lvl - 1]),
-            torch.ones(int(known.sum()), dtype=torch.long),
-            accumulate=True,
-        )
-        size = min(4 + n * 0.12, 24)
-        fig = Figure(figsize=(size, size))
-        ax = fig.subplots()
-        ax.imshow(matrix.numpy(), cmap="Blues")
-        ax.set_title(f"level {lvl}: {n} classes (rows = truth, columns = prediction)")
-        if n <= 40:
-            names = h.levels[lvl - 1]
-            ax.set_xticks(range(n), names, rotation=90, fontsize=7)
-            ax.set_yticks(range(n), names, fontsize=7)
-        fig.tight_layout()
+    for lvl in range(1, h.num_levels + 1):
+        fig = confusion_figure(confusion_matrix(records, h, lvl), h.levels[lvl - 1], lvl)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
         path = run_dir / f"confusion_l{lvl}.png"
         atomic_write_bytes(path, buf.getvalue())
         out.append(path)
     return out
+
+
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20)) + (0.99,)
+"""The thresholds of ``specificity.csv``: 0, 0.05, ..., 0.95 and 0.99."""
+
+
+def specificity_rows(records: SampleRecords, h: Hierarchy, thresholds=THRESHOLDS) -> list[dict]:
+    """Correctness against specificity (``specificity.csv``): for each threshold, the hierarchical precision,
+    recall and F1 of the predictions at it, the share of samples whose prediction stops at each level (``stop_l0``:
+    no prediction), and the accuracy of the predicted nodes (a node is right when it is the label or one of its
+    ancestors), over the samples with a prediction."""
+    path, probs = records.path.cpu(), records.path_probs.cpu()
+    truth = h.ancestor_at_level[:, records.target.cpu()].T  # (M, L)
+    known = truth >= 0
+    match = true_prefix(path, truth, known, torch.tensor(h.offsets))
+    rows = []
+    for tau in thresholds:
+        _, depth = confident_prediction(path, probs, tau)
+        precision, recall, f1 = hierarchical_prf(depth, match, known.sum(1))
+        predicted = depth > 0
+        right = (match >= depth) & predicted
+        row = {
+            "threshold": tau,
+            "h_precision": float(precision),
+            "h_recall": float(recall),
+            "h_f1": float(f1),
+        }
+        row.update({f"stop_l{lvl}": float((depth == lvl).float().mean()) for lvl in range(h.num_levels + 1)})
+        row["node_accuracy"] = float(right.sum() / predicted.sum()) if predicted.any() else float("nan")
+        rows.append(row)
+    return rows
+
+
+def write_specificity(run_dir: Path, rows: list[dict], h: Hierarchy) -> list[Path]:
+    """``specificity.csv`` (the rows of :func:`specificity_rows`) and ``specificity.png``: hP, hR, hF and the
+    node accuracy against the threshold, and where the predictions stop."""
+    from matplotlib.figure import Figure
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: round(v, 6) for k, v in row.items()} for row in rows)
+    atomic_write_bytes(run_dir / "specificity.csv", buf.getvalue().encode())
+
+    taus = [r["threshold"] for r in rows]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for key, label in (
+        ("h_precision", "hP"),
+        ("h_recall", "hR"),
+        ("h_f1", "hF"),
+        ("node_accuracy", "node accuracy"),
+    ):
+        left.plot(taus, [r[key] for r in rows], marker=".", label=label)
+    left.set_xlabel("threshold (marginal the predicted node must reach)")
+    left.set_ylim(0, 1.02)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    stops = [[r[f"stop_l{lvl}"] for r in rows] for lvl in range(h.num_levels + 1)]
+    labels = ["none"] + [f"level {lvl}" for lvl in range(1, h.num_levels + 1)]
+    right.stackplot(taus, stops, labels=labels, alpha=0.85)
+    right.set_xlabel("threshold")
+    right.set_ylabel("share of images whose prediction stops at")
+    right.set_ylim(0, 1)
+    right.legend(fontsize=8, loc="lower left")
+    fig.suptitle("correctness against specificity", fontsize=10)
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=100)
+    atomic_write_bytes(run_dir / "specificity.png", out.getvalue())
+    return [run_dir / "specificity.csv", run_dir / "specificity.png"]

@@ -160,10 +160,8 @@ def build_trunk(
             f"model.stem_stride={stem_stride!r}: the small stem's stride is 1 (maps of H/8) or 2 (H/16)"
         )
     if name.startswith(TIMM_PREFIX):
-        if stem != "standard":
-            raise ModelError(
-                f"model.stem={stem}: the small stem is for ResNet trunks; a timm model keeps its own"
-            )
+        if stem != "standard":  # a dataset's recipe may pick the small stem for its ResNet
+            log.info("model.stem=%s is for ResNet trunks; %s keeps its own stem", stem, name)
         from hrn.nets.timm_trunk import build_timm_trunk  # timm is imported only for a timm trunk
 
         module, channels, reduction = build_timm_trunk(

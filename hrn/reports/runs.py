@@ -70,9 +70,13 @@ class Run:
     metrics: dict[str, float] | None  # None: no (readable) metrics.json
     reason: str = ""  # why a run counts as failed
     overrides: list[str] = field(default_factory=list)
+    smoke: bool = False  # a trainer.fast_dev_run smoke test: one batch, its metrics mean nothing
 
     @property
     def status(self) -> str:
+        """``ok`` (finished: its metrics count), ``failed`` (no readable metrics.json) or ``smoke``."""
+        if self.smoke:
+            return "smoke"
         return "ok" if self.metrics is not None else "failed"
 
 
@@ -168,6 +172,7 @@ def load_run(run_dir: Path, shown: str | None = None) -> Run:
     ratio = _number(config.get("relabel_ratio"), cfg_path, "relabel_ratio", float)
     seed = _number(config.get("seed"), cfg_path, "seed", int)
     metrics, reason = _read_metrics(run_dir / "metrics.json")
+    smoke = bool((config.get("trainer") or {}).get("fast_dev_run"))
     return Run(
         path=run_dir,
         shown=str(shown if shown is not None else run_dir),
@@ -175,8 +180,9 @@ def load_run(run_dir: Path, shown: str | None = None) -> Run:
         relabel_ratio=ratio,
         seed=seed,
         metrics=metrics,
-        reason=reason,
+        reason="trainer.fast_dev_run: a smoke test of one batch" if smoke else reason,
         overrides=[str(o) for o in overrides],
+        smoke=smoke,
     )
 
 
@@ -238,7 +244,7 @@ def levels(runs: Iterable[Run]) -> list[int]:
     """The levels l with a ``test/acc_l{l}`` in some finished run, ascending."""
     found = set()
     for run in runs:
-        for key in run.metrics or {}:
+        for key in run.metrics if run.status == "ok" else {}:
             m = _ACC.match(key)
             if m:
                 found.add(int(m.group(1)))
@@ -251,7 +257,7 @@ def summary(runs: Iterable[Run], key: str) -> dict[tuple[str, float | None], tup
     ``std`` is the sample standard deviation (n - 1), NaN for a single run. Failed runs never count."""
     groups: dict[tuple[str, float | None], list[float]] = {}
     for run in runs:
-        if run.metrics is not None and key in run.metrics:
+        if run.status == "ok" and key in run.metrics:
             groups.setdefault((run.method, run.relabel_ratio), []).append(run.metrics[key])
     out = {}
     for group, values in groups.items():

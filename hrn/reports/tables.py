@@ -81,7 +81,7 @@ def _acc_columns(runs: list[Run]) -> list[tuple[str, str]]:
 
 
 def _other_columns(runs: list[Run]) -> list[tuple[str, str]]:
-    present = {key for r in runs for key in (r.metrics or {})}
+    present = {key for r in runs if r.status == "ok" for key in r.metrics}
     return [(name, PREFIX + name) for name in OTHER_METRICS if PREFIX + name in present]
 
 
@@ -96,12 +96,14 @@ def accuracy_table(runs: list[Run]) -> str:
 def markdown(runs: list[Run], sources: Sequence[str] = ()) -> str:
     """``results.md``: the accuracy table, the other metrics, the failed or unfinished runs."""
     ok = [r for r in runs if r.status == "ok"]
-    failed = [r for r in runs if r.status != "ok"]
+    failed = [r for r in runs if r.status == "failed"]
+    smoke = [r for r in runs if r.status == "smoke"]
     where = f" under {', '.join(f'`{s}`' for s in sources)}" if sources else ""
+    smoke_note = f", {len(smoke)} smoke tests (`trainer.fast_dev_run`, never averaged)" if smoke else ""
     lines = [
         "# Results",
         "",
-        f"{len(runs)} runs{where}: {len(ok)} finished, {len(failed)} failed or unfinished. "
+        f"{len(runs)} runs{where}: {len(ok)} finished, {len(failed)} failed or unfinished{smoke_note}. "
         "Each cell is the mean ± sample standard deviation (n − 1) over the finished seeds; "
         "`(n=k)` marks a cell with fewer finished seeds than the fullest one; a single seed shows its value alone; "
         "`n=0`: runs there, none finished with that metric; `–`: no runs.",
@@ -144,6 +146,9 @@ def markdown(runs: list[Run], sources: Sequence[str] = ()) -> str:
             )
     else:
         lines.append("None: every run wrote metrics.json.")
+    if smoke:
+        lines += ["", "## Smoke tests (`trainer.fast_dev_run`), never averaged", ""]
+        lines += [f"- `{_escape(r.shown)}` {_method_cell(r.method)}" for r in smoke]
     return "\n".join(lines) + "\n"
 
 

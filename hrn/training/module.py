@@ -77,6 +77,10 @@ class HRNModule(L.LightningModule):
             training and one for evaluation, partial batches eager (:class:`StaticCompiled`).
         channels_last: keep the network's weights and its input batches in channels-last memory format
             (``channels_last=true``: faster convolutions on most GPUs).
+        threshold: the marginal a predicted node must reach for the hierarchical precision, recall and F1 and the
+            coverage of validation and test (``threshold=``; 0: the whole path).
+        calibration: temperatures fitted by ``hrn.calibrate`` (``tree_temperature``, ``leaf_temperature``), for
+            evaluating a calibrated model; None: none.
 
     Batches are :class:`~hrn.data.base.Batch` es (images, targets, dataset indices) or plain tuples; uint8 images
     (what the package's loaders yield, already cropped and flipped) are normalised to float once they are on the
@@ -98,6 +102,8 @@ class HRNModule(L.LightningModule):
         description: dict | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        threshold: float = 0.0,
+        calibration: dict | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(loss, HierarchicalLoss):
@@ -128,7 +134,7 @@ class HRNModule(L.LightningModule):
             max(hierarchy.level_sizes[-1], 2), average="micro", ignore_index=-1
         )
         self.eval_metrics = nn.ModuleDict(
-            {stage: HierarchicalMetrics(hierarchy) for stage in ("val", "test")}
+            {stage: HierarchicalMetrics(hierarchy, threshold) for stage in ("val", "test")}
         )
         # Node probabilities (marginal predictions, AP, hrn.predict's path) come from where the loss says. Losses
         # that train only the leaf head (flat baselines) read them from the leaf softmax, and answer coarse levels
@@ -136,7 +142,7 @@ class HRNModule(L.LightningModule):
         self.tree_scores = check_tree_scores(loss.tree_scores)
         self.coarse_from_leaf = self.tree_scores == "leaf"
         self.leaf_offset = hierarchy.offsets[-2]
-        self.probabilities = TreeProbabilities(hierarchy)
+        self.probabilities = TreeProbabilities.calibrated(hierarchy, calibration)
 
     def forward(self, images: torch.Tensor):
         return self.net(images)

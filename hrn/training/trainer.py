@@ -8,27 +8,37 @@ import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from hrn.data.base import DataSplits
 from hrn.training.module import HRNModule
 
-__all__ = ["FULL_LOAD", "fit_and_test", "keep_csv_logs", "seed_everything", "without_progress_bar"]
+__all__ = ["fit_and_test", "fitting_callbacks", "keep_csv_logs", "load_settings", "seed_everything"]
 
-# Our checkpoints also hold the random-generator states and the run description, which torch's weights_only=True
-# (its default from torch 2.6) refuses. Lightning >= 2.6 follows that default unless told otherwise; older
-# Lightning always loads everything and has no such argument.
-FULL_LOAD = {"weights_only": False} if "weights_only" in inspect.signature(L.Trainer.fit).parameters else {}
+# Lightning >= 2.6 takes weights_only; older Lightning has no such argument and loads with torch.load's default,
+# so hrn.cli.training checks a checkpoint with torch's safe unpickler (hrn.checkpoints.read_checkpoint) before it
+# hands one over.
+_TAKES_WEIGHTS_ONLY = "weights_only" in inspect.signature(L.Trainer.fit).parameters
+
+
+def load_settings(trust: bool) -> dict:
+    """What ``fit`` and ``test`` get for reading checkpoints: torch's safe unpickler, unless ``trust`` (a
+    checkpoint of one's own from hrn before 0.2, ``trust_checkpoint=true``)."""
+    return {"weights_only": not trust} if _TAKES_WEIGHTS_ONLY else {}
+
 
 seed_everything = L.seed_everything  # Python, NumPy, torch and the loader workers
 
 
-def without_progress_bar(callbacks: list[Callback], enabled: bool | None) -> list[Callback]:
-    """``callbacks`` less the progress bar when ``trainer.enable_progress_bar=false``: Lightning refuses the two
-    together, and the trainer's switch is the one a user reaches for."""
-    if enabled is False:
-        return [c for c in callbacks if not isinstance(c, ProgressBar)]
+def fitting_callbacks(callbacks: list[Callback], progress_bar: bool | None, fast_dev_run) -> list[Callback]:
+    """``callbacks`` less the progress bar when ``trainer.enable_progress_bar=false`` (Lightning refuses the two
+    together, and the trainer's switch is the one a user reaches for), and less the checkpoints in a
+    ``trainer.fast_dev_run`` smoke test (Lightning would still write a full-size last.ckpt)."""
+    if progress_bar is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if fast_dev_run:
+        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
     return callbacks
 
 
@@ -43,14 +53,15 @@ def keep_csv_logs(loggers: list) -> None:
 
 
 def fit_and_test(
-    trainer: L.Trainer, module: HRNModule, data: DataSplits, ckpt_path: str | None = None
+    trainer: L.Trainer, module: HRNModule, data: DataSplits, ckpt_path: str | None = None, trust: bool = False
 ) -> tuple[dict[str, float], str]:
     """Train on ``data``'s train split (validating on its val split), resuming from ``ckpt_path`` when given, then
     test the best checkpoint (the last weights without one). Returns the flat test metrics and the best
-    checkpoint's path ("" when none was kept)."""
+    checkpoint's path ("" when none was kept). Checkpoints are read with torch's safe unpickler, but the one to
+    resume from with ``trust``."""
     if ckpt_path is not None:
         keep_csv_logs(trainer.loggers)
-    trainer.fit(module, data.loader("train"), data.loader("val"), ckpt_path=ckpt_path, **FULL_LOAD)
+    trainer.fit(module, data.loader("train"), data.loader("val"), ckpt_path=ckpt_path, **load_settings(trust))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    results = trainer.test(module, data.loader("test"), ckpt_path=best or None, **FULL_LOAD)
+    results = trainer.test(module, data.loader("test"), ckpt_path=best or None, **load_settings(False))
     return {k: float(v) for k, v in results[0].items()}, best

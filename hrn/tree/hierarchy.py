@@ -94,7 +94,8 @@ class Hierarchy:
         if shallow and not pad:
             raise HierarchyError(
                 f"leaves at different depths: {_short(shallow)} are above level {num_levels}; HRN needs every "
-                "leaf at the deepest level (fix the tree, or pass pad=True / hierarchy.pad=true to extend them)"
+                "leaf at the deepest level (fix the tree, or extend them with pass-through copies: dataset.pad=true for "
+                "dataset=folder, Hierarchy.from_edges(..., pad=True) in Python)"
             )
         parent_of: dict[tuple[int, str], tuple[int, str] | None] = {}
         levels: list[list[tuple[int, str]]] = [[] for _ in range(num_levels)]

@@ -15,6 +15,7 @@ Shapes: B = batch, N = nodes of the tree, L = levels, n_l = nodes of level l.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Literal, get_args
 
 import torch
@@ -29,6 +30,8 @@ __all__ = [
     "TreeScores",
     "TreeScoresError",
     "check_tree_scores",
+    "confident_prediction",
+    "leading_count",
     "group_logsumexp",
     "path_scores",
 ]
@@ -93,20 +96,52 @@ class TreeProbabilities(nn.Module):
     :class:`~hrn.tree.hierarchy.Hierarchy`; the methods are tensor operations only (no loop over the batch, no
     branch on values), so they trace and export (TorchScript, ONNX opset >= 18).
 
+    Calibrated probabilities (``hrn.calibrate``) divide the scores by a temperature per level before the tree
+    distribution, and the leaf logits by one before their softmax; without temperatures they are 1 and change
+    nothing.
+
     Args:
         hierarchy: the label tree.
+        tree_temperature: per level (L values) or one for all, the temperature of the tree scores.
+        leaf_temperature: the temperature of the leaf softmax.
     """
 
-    def __init__(self, hierarchy: Hierarchy) -> None:
+    def __init__(
+        self,
+        hierarchy: Hierarchy,
+        tree_temperature: Sequence[float] | float | None = None,
+        leaf_temperature: float = 1.0,
+    ) -> None:
         super().__init__()
         self.level_sizes = hierarchy.level_sizes
         self.offsets = hierarchy.offsets
+        levels = torch.as_tensor(1.0 if tree_temperature is None else tree_temperature, dtype=torch.float32)
+        levels = levels.expand(len(self.level_sizes)) if levels.dim() == 0 else levels
+        if (
+            levels.shape != (len(self.level_sizes),)
+            or not bool((levels > 0).all())
+            or not leaf_temperature > 0
+        ):
+            raise ValueError(
+                f"temperatures must be positive, one per level or one for all, got {levels.tolist()}"
+            )
+        # (N,): each node's level's temperature
+        per_node = levels.repeat_interleave(torch.tensor(self.level_sizes))
+        self.register_buffer("tree_temperature", per_node, persistent=False)
+        self.register_buffer("leaf_temperature", torch.tensor(float(leaf_temperature)), persistent=False)
         for i, parents in enumerate(hierarchy.level_parents, start=2):
             self.register_buffer(f"parents_l{i}", parents, persistent=False)
         local = hierarchy.ancestor_at_level  # (L, N) local index inside the level, -1 above v's level
         offsets = torch.tensor(self.offsets[:-1]).unsqueeze(1)
         # (L, N): global index of each node's ancestor at each level, -1 above the node's level
         self.register_buffer("ancestor", torch.where(local >= 0, local + offsets, -1), persistent=False)
+
+    @classmethod
+    def calibrated(cls, hierarchy: Hierarchy, calibration: Mapping | None = None) -> TreeProbabilities:
+        """The probabilities with the temperatures of a calibration (``hrn.calibrate``'s record: its
+        ``tree_temperature`` and ``leaf_temperature``), or without any (``None``)."""
+        calibration = calibration or {}
+        return cls(hierarchy, calibration.get("tree_temperature"), calibration.get("leaf_temperature", 1.0))
 
     @property
     def num_nodes(self) -> int:
@@ -160,10 +195,14 @@ class TreeProbabilities(nn.Module):
     def node_probabilities(self, output, tree_scores: str = "sigmoid") -> torch.Tensor:
         """(B, N) the probability of every node from a network's output (:class:`hrn.nets.HRNOutput`), read from
         ``tree_scores`` (one of :data:`TREE_SCORES`): the tree marginals of ``output.scores(tree_scores)``, or with
-        ``"leaf"`` the leaf softmax summed up the tree (:meth:`leaf_marginals`)."""
+        ``"leaf"`` the leaf softmax summed up the tree (:meth:`leaf_marginals`); each through its temperature."""
         if check_tree_scores(tree_scores) == "leaf":
-            return self.leaf_marginals(output.leaf_logits)
-        return self.marginals(output.scores(tree_scores))
+            return self.leaf_marginals(output.leaf_logits.float() / self.leaf_temperature)
+        return self.marginals(output.scores(tree_scores).float() / self.tree_temperature)
+
+    def leaf_probabilities(self, leaf_logits: torch.Tensor) -> torch.Tensor:
+        """(B, n_L) leaf logits -> (B, n_L) the leaf softmax, through its temperature."""
+        return (leaf_logits.float() / self.leaf_temperature).softmax(1)
 
     def top_down_path(self, marginals: torch.Tensor, through: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N) marginals -> (B, L) long global node indices: a root-to-leaf path per sample.
@@ -191,3 +230,35 @@ class TreeProbabilities(nn.Module):
             node = pinned(lvl, torch.where(children, levels[lvl - 1], -1.0).argmax(1))
             path.append(node + self.offsets[lvl - 1])
         return torch.stack(path, dim=1)
+
+    def confident_node(
+        self, marginals: torch.Tensor, threshold: float, path: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prediction at the deepest confident node: walk the top-down path (``path``, or
+        :meth:`top_down_path` of ``marginals``) and stop at the last node whose marginal is at least
+        ``threshold`` (0: the whole path, down to a leaf).
+
+        Returns ``node`` (B,) long, the predicted node's global index (-1 when the level-1 node is already below
+        the threshold), and ``depth`` (B,) long, its level (0 for none).
+        """
+        path = self.top_down_path(marginals) if path is None else path  # (B, L)
+        return confident_prediction(path, marginals.gather(1, path), threshold)
+
+
+def confident_prediction(
+    path: torch.Tensor, path_probs: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) top-down paths and their nodes' marginals -> the node predicted at ``threshold`` (B,), -1 for none,
+    and its level (B,), 0 for none: the last node of the path before the first whose marginal is under the
+    threshold (:meth:`TreeProbabilities.confident_node`)."""
+    depth = leading_count(path_probs >= threshold)  # the nodes that reach it before the first that does not
+    node = path.gather(1, (depth - 1).clamp_min(0).unsqueeze(1)).squeeze(1)
+    return torch.where(depth > 0, node, -1), depth
+
+
+def leading_count(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool -> (B,) long: how many entries of each row are true before the first false one. (By argmax,
+    not a cumulative product: ONNX has no integer product to export that to.)"""
+    missed = ~mask
+    first_miss = missed.to(torch.uint8).argmax(1)  # the first false entry (argmax keeps the first maximum)
+    return torch.where(missed.any(1), first_miss, mask.shape[1]).long()

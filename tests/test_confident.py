@@ -1,0 +1,270 @@
+"""Predict what you know: the deepest confident node, the hierarchical metrics (checked against hiclass), the
+specificity table, and calibrated tree probabilities through every command."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hiclass import metrics as hiclass_metrics
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from hrn import load_checkpoint
+from hrn.cli.config import CONF_DIR
+from hrn.data.synthetic import make_images
+from hrn.deploy.formats import export, read_metadata, run_exported
+from hrn.evaluate import evaluate
+from hrn.metrics import HierarchicalMetrics
+from hrn.metrics.hierarchical import ThresholdError, check_threshold, hierarchical_prf, true_prefix
+from hrn.predict import predict
+from hrn.train import train
+from hrn.tree import TreeProbabilities
+from tests import fixtures
+from tests.conftest import greedy_path, random_tree
+from tests.test_train import TINY
+
+
+def ancestors_path(h, node: int) -> list[int]:
+    path = [node]
+    while h.parent_of(path[0]) >= 0:
+        path.insert(0, h.parent_of(path[0]))
+    return path
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_hierarchical_prf_equals_hiclass_on_predictions_of_mixed_depth(seed):
+    h = random_tree(depth=4, seed=seed, max_children=3)
+    rng = np.random.default_rng(seed)
+    m = 40
+    labels = rng.integers(0, h.num_nodes, m)  # labels at any level, as after relabelling
+    predicted = rng.integers(-1, h.num_nodes, m)  # a node of any level, or none
+    predicted[0] = h.offsets[-2]  # at least one prediction
+    paths, depth = [], []
+    for p in predicted:  # the predicted node's ancestors, then any continuation down to a leaf
+        path = ancestors_path(h, int(p)) if p >= 0 else []
+        depth.append(len(path))
+        full = greedy_path(torch.rand(h.num_nodes), h, path[-1] if path else None)
+        paths.append(full)
+    path = torch.tensor(paths)
+    truth = h.ancestor_at_level[:, torch.tensor(labels)].T
+    known = truth >= 0
+    match = true_prefix(path, truth, known, torch.tensor(h.offsets))
+    got = hierarchical_prf(torch.tensor(depth), match, known.sum(1))
+
+    def rows(nodes):
+        out = []
+        for v in nodes:
+            names = [h.names[u] for u in ancestors_path(h, int(v))] if v >= 0 else []
+            out.append(names + [""] * (h.num_levels - len(names)))
+        return np.array(out)
+
+    y_true, y_pred = rows(labels), rows(predicted)
+    want = [
+        hiclass_metrics.precision(y_true, y_pred, average="micro"),
+        hiclass_metrics.recall(y_true, y_pred, average="micro"),
+        hiclass_metrics.f1(y_true, y_pred, average="micro"),
+    ]
+    assert [float(x) for x in got] == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_confident_node_stops_at_the_last_node_that_reaches_the_threshold(seed):
+    h = random_tree(depth=3, seed=seed, max_children=4)
+    tree = TreeProbabilities(h)
+    marginals = tree.marginals(
+        torch.randn(20, h.num_nodes, generator=torch.Generator().manual_seed(seed)) * 3
+    )
+    for tau in (0.0, 0.2, 0.5, 0.8, 1.0):
+        node, depth = tree.confident_node(marginals, tau)
+        for i in range(20):
+            walk = [v for v in greedy_path(marginals[i], h)]
+            kept = []
+            for v in walk:  # walk down the path, stop at the first node under the threshold
+                if marginals[i, v] < tau:
+                    break
+                kept.append(v)
+            assert int(depth[i]) == len(kept) and int(node[i]) == (kept[-1] if kept else -1)
+    assert bool((tree.confident_node(marginals, 0.0)[1] == h.num_levels).all())  # threshold 0: the leaf
+
+
+def test_the_new_metrics_by_hand(small_tree):
+    # levels: a x | b c y | d e f z w ; three leaf-labelled samples
+    h = small_tree
+    metric = HierarchicalMetrics(h, threshold=0.5)
+    marginals = torch.tensor(
+        [
+            [0.9, 0.1, 0.6, 0.3, 0.1, 0.5, 0.1, 0.3, 0.05, 0.05],  # a -> b -> d (0.5): full path at 0.5
+            [0.7, 0.3, 0.2, 0.4, 0.3, 0.1, 0.1, 0.3, 0.2, 0.1],  # a -> c (0.4 < 0.5): stops at a
+            [0.2, 0.8, 0.1, 0.1, 0.8, 0.1, 0.1, 0.1, 0.6, 0.2],  # x -> y -> z (0.6)
+        ]
+    )
+    targets = torch.tensor([h.index("d"), h.index("f"), h.index("w")])
+    sigmoid = list(marginals.split(h.level_sizes, 1))
+    leaf_logits = torch.log(marginals[:, 5:])
+    metric.update(sigmoid, leaf_logits, marginals, targets)
+    out = metric.compute()
+    # P: {a,b,d}, {a}, {x,y,z}; T: {a,b,d}, {a,c,f}, {x,y,w}
+    assert out["h_precision"] == pytest.approx((3 + 1 + 2) / (3 + 1 + 3))
+    assert out["h_recall"] == pytest.approx((3 + 1 + 2) / 9)
+    assert out["coverage_l1"] == 1 and out["coverage_l2"] == pytest.approx(2 / 3)
+    assert out["coverage_l3"] == pytest.approx(2 / 3)
+    assert metric.records.node.tolist() == [h.index("d"), h.index("a"), h.index("z")]
+    assert out["tice"] == pytest.approx(1 - out["consistency"])
+    accs = [out[f"acc_l{lvl}"] for lvl in (1, 2, 3)]
+    assert out["wap"] == pytest.approx(
+        sum(a * n for a, n in zip(accs, h.level_sizes, strict=True)) / h.num_nodes
+    )
+    # top-5 of 5 leaves: every leaf; LCA heights with d: 0 1 2 3 3, with f: 2 2 0 3 3, with w: 3 3 3 1 0
+    assert out["mistake_severity_top5"] == pytest.approx((9 + 10 + 10) / 15)
+    level3 = marginals[:, 5:]
+    want = multiclass_calibration_error(level3, torch.tensor([0, 2, 4]), num_classes=5, n_bins=15)
+    assert out["ece_l3"] == pytest.approx(float(want), abs=1e-6)
+
+
+def test_a_threshold_outside_0_1_is_one_line():
+    for bad in (-0.1, 1.5, "high"):
+        with pytest.raises(ThresholdError, match=r"threshold=.*: a marginal probability in \[0, 1\]"):
+            check_threshold(bad)
+    assert check_threshold(1) == 1.0
+
+
+# ------------------------------------------------------------------------------------ trained, evaluated, calibrated
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    more = [
+        "dataset.train_per_leaf=12",
+        "dataset.val_per_leaf=6",
+        "dataset.test_per_leaf=6",
+        "trainer.max_epochs=3",
+    ]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"run_dir={run}", *TINY, *more])
+    train(cfg)
+    return next((run / "checkpoints").glob("best-*.ckpt"))
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("images")
+    out = []
+    for i, image in enumerate(make_images(torch.arange(12), 32, torch.Generator().manual_seed(5))):
+        out.append(folder / f"img{i:02d}.png")
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(out[-1])
+    return out
+
+
+def test_a_higher_threshold_gives_coarser_answers(trained, image_files):
+    images = [str(p) for p in image_files]
+    at_leaf = list(predict(str(trained), images))
+    assert all(r["prediction"]["level"] == 3 for r in at_leaf)
+    assert [r["prediction"]["label"] for r in at_leaf] == [r["path_prediction"][-1]["label"] for r in at_leaf]
+    strict = list(predict(str(trained), images, threshold=0.9))
+    levels = [r["prediction"]["level"] if r["prediction"] else 0 for r in strict]
+    assert min(levels) < 3 and all(lvl <= 3 for lvl in levels)
+    for r, level in zip(strict, levels, strict=True):  # the deepest node of the path that reaches 0.9
+        reached = [p for p in r["path_prediction"] if p["prob"] >= 0.9]
+        assert level == len(reached) and (not reached or r["prediction"]["label"] == reached[-1]["label"])
+
+
+def evaluate_cfg(ckpt, run_dir, *overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("evaluate", overrides=[f"ckpt_path={ckpt}", f"run_dir={run_dir}", *overrides])
+
+
+def test_evaluate_writes_the_metrics_the_node_and_the_specificity_table(trained, tmp_path):
+    metrics = evaluate(evaluate_cfg(trained, tmp_path, "threshold=0.5"))
+    for key in ("h_precision", "h_recall", "h_f1", "tice", "wap", "mistake_severity_top5"):
+        assert f"test/{key}" in metrics
+    assert {f"test/ece_l{lvl}" for lvl in (1, 2, 3)} | {f"test/coverage_l{lvl}" for lvl in (1, 2, 3)} <= set(
+        metrics
+    )
+    saved = np.load(tmp_path / "predictions.npz")
+    assert saved["node"].dtype == np.int64 and saved["node"].shape == (72,)
+    lines = (tmp_path / "specificity.csv").read_text().splitlines()
+    assert lines[0] == "threshold,h_precision,h_recall,h_f1,stop_l0,stop_l1,stop_l2,stop_l3,node_accuracy"
+    rows = [dict(zip(lines[0].split(","), map(float, line.split(",")), strict=True)) for line in lines[1:]]
+    assert rows[0]["threshold"] == 0 and rows[0]["stop_l3"] == 1  # threshold 0: every prediction is a leaf
+    assert all(abs(sum(r[f"stop_l{lvl}"] for lvl in range(4)) - 1) < 1e-5 for r in rows)
+    assert rows[-1]["stop_l3"] <= rows[0]["stop_l3"] and (tmp_path / "specificity.png").is_file()
+
+
+@pytest.mark.parametrize("method", ["loss=leaf_ce", "model=chmcnn"])
+def test_every_method_gets_the_metrics(tmp_path, method):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        tiny = [o for o in TINY if not o.startswith("model.dim")]  # C-HMCNN has no embedding width
+        cfg = compose("train", overrides=[f"run_dir={tmp_path}", *tiny, method, "trainer.fast_dev_run=true"])
+    metrics = train(cfg)
+    assert {"test/h_f1", "test/tice", "test/wap", "test/mistake_severity_top5", "test/ece_l3"} <= set(metrics)
+
+
+def test_calibration_fits_temperatures_that_predict_evaluate_and_export_use(trained, image_files, tmp_path):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("calibrate", overrides=[f"ckpt_path={trained}", f"out={tmp_path / 'cal.ckpt'}"])
+    from hrn.calibrate import calibrate
+
+    result = calibrate(cfg)
+    record = result["calibration"]
+    assert (
+        len(record["tree_temperature"]) == 3 and record["leaf_temperature"] > 0 and record["split"] == "val"
+    )
+    for part in ("tree", "leaf"):
+        assert record["nll"][part]["after"] <= record["nll"][part]["before"] + 1e-6  # fitted by NLL on val
+    calibrated = load_checkpoint(tmp_path / "cal.ckpt")
+    assert calibrated.calibration == record and load_checkpoint(trained).calibration is None
+    tree = calibrated.probabilities()
+    assert torch.allclose(tree.tree_temperature[:3], torch.tensor(record["tree_temperature"][0]))
+    plain, cal = (list(predict(str(c), [str(image_files[0])])) for c in (trained, tmp_path / "cal.ckpt"))
+    assert plain[0]["path_prediction"][0]["prob"] != cal[0]["path_prediction"][0]["prob"]
+    summary = export(tmp_path / "cal.ckpt", "torchscript", tmp_path / "cal.pt", threshold=0.6)
+    meta = read_metadata(tmp_path / "cal.pt")
+    assert meta["calibration"] == record and meta["threshold"] == 0.6 and summary["check"]["paths_equal"]
+    image = calibrated.transform()(Image.open(image_files[0]).convert("RGB"))[None]
+    marginals, path, leaf_probs, node = run_exported(tmp_path / "cal.pt", image)
+    (by_predict,) = predict(str(tmp_path / "cal.ckpt"), [str(image_files[0])], threshold=0.6)
+    assert float(marginals[0, path[0, 0]]) == pytest.approx(
+        by_predict["path_prediction"][0]["prob"], abs=1e-6
+    )
+    want = by_predict["prediction"]["label"] if by_predict["prediction"] else None
+    assert (calibrated.hierarchy.names[int(node[0])] if int(node[0]) >= 0 else None) == want
+    metrics = evaluate(evaluate_cfg(tmp_path / "cal.ckpt", tmp_path / "eval"))
+    assert "test/ece_l3" in metrics
+
+
+def test_calibration_without_a_validation_split_is_one_line(tmp_path):
+    root = fixtures.write_folder(tmp_path / "folder", with_split=False)
+    run = tmp_path / "run"
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"run_dir={run}", "dataset=folder", f"dataset.root={root}", "dataset.val_fraction=0",
+                "dataset.resize=16", "dataset.crop=16", "dataset.num_workers=0", "dataset.batch_size=8",
+                "model.trunk=resnet18", "model.pretrained=false", "model.width=16", "model.dim=8",
+                "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+            ],
+        )  # fmt: skip
+    train(cfg)
+    result = subprocess.run(
+        [sys.executable, "-m", "hrn.calibrate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("hrn: error:")]
+    assert "validates on its test split" in line and "pass dataset.val_fraction" in line
+
+
+def test_predict_threshold_on_the_command_line(trained, image_files, tmp_path):
+    run = [sys.executable, "-m", "hrn.predict", f"ckpt_path={trained}", f"images={image_files[0]}"]
+    ok = subprocess.run([*run, "threshold=0.9"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert ok.returncode == 0 and "prediction" in json.loads(ok.stdout.splitlines()[0])
+    bad = subprocess.run([*run, "threshold=1.5"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert bad.returncode == 2 and "hrn: error: threshold=1.5: a marginal probability in [0, 1]" in bad.stderr
