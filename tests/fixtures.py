@@ -206,3 +206,31 @@ def write_fashion_mnist(
         write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, compress)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress)
     return root
+
+
+def synthetic_image_files(folder: Path, leaves: list[int], size: int = 32, seed: int = 0) -> list[Path]:
+    """PNG files of the synthetic dataset's images, one per leaf index given (0..11), ``img{i}.png``."""
+    import torch
+
+    from hrn.data.synthetic import make_images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, image in enumerate(make_images(torch.tensor(leaves), size, torch.Generator().manual_seed(seed))):
+        out.append(folder / f"img{i:02d}.png")
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(out[-1])
+    return out
+
+
+def train_tiny(run_dir: Path, *overrides: str) -> dict[str, float]:
+    """``hrn.train`` of the tests' tiny synthetic setting (``tests.test_train.TINY``) and ``overrides``, into
+    ``run_dir``; returns the test metrics."""
+    from hydra import compose, initialize_config_dir
+
+    from hrn.cli.config import CONF_DIR
+    from hrn.train import train
+    from tests.test_train import TINY
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"run_dir={run_dir}", *TINY, *overrides])
+    return train(cfg)

@@ -16,7 +16,6 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 from hrn import load_checkpoint
 from hrn.cli.config import CONF_DIR
-from hrn.data.synthetic import make_images
 from hrn.deploy.formats import export, read_metadata, run_exported
 from hrn.evaluate import evaluate
 from hrn.metrics import HierarchicalMetrics
@@ -143,20 +142,13 @@ def trained(tmp_path_factory) -> Path:
         "dataset.test_per_leaf=6",
         "trainer.max_epochs=3",
     ]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"run_dir={run}", *TINY, *more])
-    train(cfg)
+    fixtures.train_tiny(run, *more)
     return next((run / "checkpoints").glob("best-*.ckpt"))
 
 
 @pytest.fixture(scope="module")
 def image_files(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("images")
-    out = []
-    for i, image in enumerate(make_images(torch.arange(12), 32, torch.Generator().manual_seed(5))):
-        out.append(folder / f"img{i:02d}.png")
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(out[-1])
-    return out
+    return fixtures.synthetic_image_files(tmp_path_factory.mktemp("images"), list(range(12)), seed=5)
 
 
 def test_a_higher_threshold_gives_coarser_answers(trained, image_files):

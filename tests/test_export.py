@@ -8,16 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from PIL import Image
 from torchvision.transforms import v2
 
 from hrn import HRN, Hierarchy, TreeLoss, TreeProbabilities
 from hrn.checkpoints import CheckpointError, load_checkpoint
-from hrn.cli.config import CONF_DIR
 from hrn.data.augment import eval_transform
 from hrn.data.files import ImageFiles
-from hrn.data.synthetic import make_images
 from hrn.deploy import OUTPUT_NAMES, Predictor
 from hrn.deploy.formats import (
     ExportError,
@@ -30,9 +26,8 @@ from hrn.deploy.formats import (
 )
 from hrn.nets import CHMCNN, HMCLMLP, HMCNF, ChangNet
 from hrn.predict import predict
-from hrn.train import train
+from tests import fixtures
 from tests.conftest import greedy_path, random_tree
-from tests.test_train import TINY
 
 # predict prints probabilities rounded to 6 decimals (error <= 5e-7); the runtimes add ~1e-7 (measured)
 PREDICT_TOL = 1e-6
@@ -42,20 +37,14 @@ LEAVES = [0, 3, 5, 8, 11]  # one image per leaf: a batch of 5 (and 1)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"run_dir={run}", *TINY, "trainer.max_epochs=2"])
-    train(cfg)
+    fixtures.train_tiny(run, "trainer.max_epochs=2")
     return next((run / "checkpoints").glob("best-*.ckpt"))
 
 
 @pytest.fixture(scope="module")
 def image_files(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("images")
-    out = []
-    for i, image in enumerate(make_images(torch.tensor(LEAVES), 40, torch.Generator().manual_seed(3))):
-        out.append(folder / f"img{i}.png")  # 40 px: the exported model's user resizes to the checkpoint's 32
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(out[-1])
-    return out
+    # 40 px: the exported model's user resizes to the checkpoint's 32
+    return fixtures.synthetic_image_files(tmp_path_factory.mktemp("images"), LEAVES, size=40, seed=3)
 
 
 def small_net(cls, h: Hierarchy) -> torch.nn.Module:

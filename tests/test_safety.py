@@ -11,17 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from PIL import Image
 
 from hrn import load_checkpoint
 from hrn.checkpoints import CheckpointError, read_checkpoint
 from hrn.cli.config import CONF_DIR
-from hrn.data.synthetic import make_images
 from hrn.deploy.formats import export, run_exported
 from hrn.evaluate import evaluate
 from hrn.predict import predict
 from hrn.share import CONFIG, WEIGHTS
-from hrn.train import train
+from tests import fixtures
 from tests.test_train import TINY
 
 
@@ -38,20 +36,13 @@ class WritesAFile:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"run_dir={run}", *TINY, "trainer.max_epochs=2"])
-    train(cfg)
+    fixtures.train_tiny(run, "trainer.max_epochs=2")
     return run / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
 def image_files(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("images")
-    out = []
-    for i, image in enumerate(make_images(torch.tensor([0, 5, 11]), 32, torch.Generator().manual_seed(4))):
-        out.append(folder / f"img{i}.png")
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(out[-1])
-    return out
+    return fixtures.synthetic_image_files(tmp_path_factory.mktemp("images"), [0, 5, 11], seed=4)
 
 
 def poisoned(trained: Path, folder: Path) -> tuple[Path, Path]:

@@ -19,12 +19,13 @@ from torch import nn
 
 from hrn import HRN, load_checkpoint
 from hrn.cli.config import CONF_DIR
-from hrn.data.synthetic import make_images, synthetic_hierarchy
+from hrn.data.synthetic import synthetic_hierarchy
 from hrn.deploy.formats import export, read_metadata
 from hrn.explain.cams import level_cams
 from hrn.nets import CHMCNN, HMCLMLP, HMCNF, ChangNet, ModelError, build_trunk
 from hrn.nets.timm_trunk import TimmTrunk
 from hrn.train import train
+from tests import fixtures
 from tests.test_train import TINY
 
 CONVNET, VIT = "timm:convnext_atto", "timm:vit_tiny_patch16_224"
@@ -160,12 +161,7 @@ def timm_run(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_files(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("images")
-    out = []
-    for i, image in enumerate(make_images(torch.tensor([0, 7]), 32, torch.Generator().manual_seed(2))):
-        out.append(folder / f"img{i}.png")
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(out[-1])
-    return out
+    return fixtures.synthetic_image_files(tmp_path_factory.mktemp("images"), [0, 7], seed=2)
 
 
 @pytest.mark.slow

@@ -108,7 +108,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         write_specificity(run_dir, specificity_rows(records, data.hierarchy), data.hierarchy)
         print(level_table(metrics, data.hierarchy.level_sizes, stage=cfg.split))
         for key in SUMMARY:
-            print(f"{key:<24}{metrics[f'{cfg.split}/{key}']:>10.4f}")
+            if f"{cfg.split}/{key}" in metrics:  # ap_micro is left out above ap_max_nodes nodes
+                print(f"{key:<24}{metrics[f'{cfg.split}/{key}']:>10.4f}")
         print(
             f"at threshold {threshold:g}: hierarchical precision, recall and F1 of the deepest confident node"
         )
