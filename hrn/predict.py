@@ -1,5 +1,5 @@
-"""``python -m hrn.predict ckpt_path=PATH images=[a.jpg,b.jpg] [top_k=5]``: classify images along the whole tree,
-one JSON line per image (:mod:`hrn.deploy.inference` says what each line holds).
+"""``python -m hrn.predict ckpt_path=PATH images=[a.jpg,b.jpg] [threshold=0.0] [top_k=5]``: classify images along
+the whole tree, one JSON line per image (:mod:`hrn.deploy.inference` says what each line holds).
 
 ``images`` is a list of files, a folder (its images, sorted) or a glob. Works from the checkpoint alone: tree,
 names, network and test transform are stored in it.

@@ -1,4 +1,4 @@
-"""What every dataset shares: image sources, a labelled-image dataset, the paper's protocols and the loaders.
+"""What every dataset shares: image sources, a labelled-image dataset, its splits and the loaders.
 
 A dataset of the package is a :class:`DataSplits`: a :class:`~hrn.tree.Hierarchy` and three
 :class:`LabelledImages` (train / val / test) whose targets are node indices of that hierarchy, each serving its
