@@ -51,14 +51,11 @@ def collect_outputs(net, loader, tree_scores: str, device: torch.device) -> Spli
     with torch.no_grad():
         for batch in loader:
             output: HRNOutput = net(normalize(batch.images.to(device)))
-            scores.append(
-                output.scores(tree_scores).float().cpu() if tree_scores != "leaf" else torch.zeros(0)
-            )
+            if tree_scores != "leaf":  # a leaf-only method's probabilities come from its leaf logits alone
+                scores.append(output.scores(tree_scores).float().cpu())
             leaf.append(output.leaf_logits.float().cpu())
             targets.append(batch.targets)
-    return SplitOutputs(
-        torch.cat(scores) if tree_scores != "leaf" else torch.zeros(0), torch.cat(leaf), torch.cat(targets)
-    )
+    return SplitOutputs(torch.cat(scores) if scores else torch.zeros(0), torch.cat(leaf), torch.cat(targets))
 
 
 def _fit_log_temperature(loss_of, size: int) -> torch.Tensor:

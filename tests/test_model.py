@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torchvision
+from safetensors.torch import save_file
 
 from hrn import HRN, Hierarchy
 from hrn.nets import TRUNKS, ModelError, build_trunk
@@ -115,6 +116,10 @@ def test_weights_file_loads_into_the_trunk(tmp_path):
     torch.testing.assert_close(trunk.module[0].weight, ref.conv1.weight)
     with pytest.raises(ModelError, match="file not found"):
         build_trunk("resnet18", weights=tmp_path / "missing.pth")
+    save_file(ref.state_dict(), tmp_path / "r18.safetensors")  # the weights-only format loads the same
+    torch.testing.assert_close(
+        build_trunk("resnet18", weights=tmp_path / "r18.safetensors").module[0].weight, ref.conv1.weight
+    )
     torch.save({"nope": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ModelError, match="not a torchvision resnet18 state dict"):
         build_trunk("resnet18", weights=tmp_path / "bad.pth")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from hrn.nets.trunks import TIMM_PREFIX as PREFIX
-from hrn.nets.trunks import ModelError
+from hrn.nets.trunks import ModelError, read_state_dict
 
 __all__ = ["TimmTrunk", "build_timm_trunk", "load_weights_file"]
 
@@ -84,22 +84,13 @@ def _create(timm, name: str, pretrained: bool, image_size: int | None) -> nn.Mod
 
 
 def load_weights_file(model: nn.Module, path: str | Path, what: str) -> None:
-    """Load a state dict (a torch file, or ``.safetensors``) into ``model``: every key of the model must be there
-    with its shape; keys the model has not (a classifier, for one) are ignored. One line naming the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model.weights={path}: file not found (expected a state dict of {what})")
+    """Load a weights file (:func:`hrn.nets.trunks.read_state_dict`) into ``model``: every key of the model must be
+    there with its shape; keys the model has not (a classifier, for one) are ignored. One line naming the file
+    otherwise."""
+    state = read_state_dict(path, f"a state dict of {what}")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
         missing, _ = model.load_state_dict(state, strict=False)
-    except Exception as e:  # noqa: BLE001 - unreadable, or weights of other shapes
+    except Exception as e:  # noqa: BLE001 - weights of other shapes
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"model.weights={path}: not a state dict of {what} ({first[:200]})") from None
     if missing:

@@ -31,6 +31,7 @@ __all__ = [
     "Trunk",
     "TrunkNetwork",
     "build_trunk",
+    "read_state_dict",
     "trunk_channels",
     "trunk_param_groups",
 ]
@@ -100,18 +101,7 @@ def _state_dict(name: str, pretrained: bool, weights: str | Path | None) -> dict
     """The torchvision state dict to start ``name`` from: a file (``weights``), torchvision's original ImageNet-1k
     weights (``pretrained``, ``IMAGENET1K_V1`` as the paper), or None (random initialisation)."""
     if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise ModelError(
-                f"model.weights={path}: file not found (expected a torchvision {name} state dict)"
-            )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any failure here means "not a usable state dict"
-            raise ModelError(
-                f"model.weights={path}: not a torchvision {name} state dict ({_first_line(e)})"
-            ) from None
-        return state["state_dict"] if isinstance(state, dict) and "state_dict" in state else state
+        return read_state_dict(weights, f"a torchvision {name} state dict")
     if pretrained:
         enum = torchvision.models.get_model_weights(name)
         try:
@@ -123,6 +113,29 @@ def _state_dict(name: str, pretrained: bool, weights: str | Path | None) -> dict
                 "or model.pretrained=false"
             ) from None
     return None
+
+
+def read_state_dict(path: str | Path, what: str) -> dict:
+    """The state dict in a weights file (``model.weights``): a ``.safetensors`` file, or a torch file read with the
+    safe unpickler (a ``{"state_dict": ...}`` wrapper unwrapped); one line naming the file and ``what`` it should
+    hold otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model.weights={path}: file not found (expected {what})")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here means "not a usable state dict"
+        raise ModelError(f"model.weights={path}: not {what} ({_first_line(e)[:200]})") from None
+    return (
+        state["state_dict"]
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict)
+        else state
+    )
 
 
 def _first_line(e: Exception) -> str:
