@@ -1,5 +1,5 @@
 """``python -m hrn.bench [--quick] [--out bench.json] [--device cpu|cuda]``: speed figures, as JSON and a table
-(:mod:`hrn.benchmarks`; ``--e2e``: :mod:`hrn.cli.e2e`).
+(:mod:`hrn.benchmarks`; ``--e2e``: whole ``hrn.train`` epochs, :func:`bench_e2e`).
 
 1. Tree loss, forward + backward at batch 64: the package's formulations (``hrn.losses.TreeLoss`` with
    ``formulation="subtree"``, ``"dense"`` and ``"auto"``, and which one auto picks on this device) against the
@@ -18,23 +18,150 @@ Every figure comes with the machine (CPU model and cores, or GPU name) and the s
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
 
 from hrn.atomic import write_json
-from hrn.benchmarks.data import bench_data, bench_small_images
+from hrn.benchmarks.data import bench_data, bench_small_images, write_image_folder
 from hrn.benchmarks.tables import data_table, e2e_table, small_table, table
-from hrn.benchmarks.timing import machine
+from hrn.benchmarks.timing import interleaved, machine
 from hrn.benchmarks.train_step import bench_stems, bench_timm_train_steps, bench_train_step
 from hrn.benchmarks.tree_loss import bench_tree_loss
-from hrn.cli.e2e import bench_e2e
+from hrn.cli.build import apply_matmul_precision, build_data, build_loggers, build_module, build_trainer
+from hrn.cli.config import CONF_DIR
 
-__all__ = ["PARTS", "main"]
+__all__ = ["PARTS", "bench_e2e", "main"]
 
 
 PARTS = ("tree_loss", "train_step", "train_step_timm", "stems", "data", "small_images")
 """The parts of the full benchmark, in the order they run (``--only``)."""
+
+
+def _step_rates(module, batch, device: torch.device, precision: str, repeats: int) -> tuple[float, float]:
+    """Images/s of the training step alone (forward, both losses, backward, SGD step) and of the evaluation
+    step (forward and tree marginals), on one batch kept on ``device``: what the model allows."""
+    module = module.to(device)
+    images = module.on_after_batch_transfer(batch._replace(images=batch.images.to(device)), 0).images
+    targets = batch.targets.to(device)
+    optimizer = torch.optim.SGD(module.parameters(), lr=1e-4, momentum=0.9)
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(**autocast):
+            loss = module.loss(module._forward(images), targets).total
+        loss.backward()
+        optimizer.step()
+
+    def eval_step() -> None:
+        with torch.no_grad(), torch.autocast(**autocast):
+            out = module._forward(images)
+            module.probabilities.node_probabilities(out, module.tree_scores)
+
+    module.train()
+    train_s = statistics.median(r["train"] for r in interleaved({"train": train_step}, repeats, device))
+    module.eval()
+    eval_s = statistics.median(r["eval"] for r in interleaved({"eval": eval_step}, repeats, device))
+    return images.shape[0] / train_s, images.shape[0] / eval_s
+
+
+def bench_e2e(
+    device: torch.device,
+    *,
+    train: int,
+    test: int,
+    resize: int,
+    crop: int,
+    batch: int,
+    trunk: str,
+    workers: int,
+    precision: str,
+    channels_last: bool,
+    compile: bool,
+    epochs: int = 3,
+) -> dict:
+    """The whole ``hrn.train`` epoch (loader + train steps + validation on the test split, as the paper's configs
+    do) against what the step alone allows: ``allowed_s = train / train rate + test / eval rate``; the figure
+    to report is ``ratio = allowed_s / epoch_s`` (1 = the loader costs nothing)."""
+    from hrn.training.trainer import fit_and_test, seed_everything  # Lightning, once a run starts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        root = write_image_folder(tmp / "folder", train, test, classes=min(200, max(10, train // 30)))
+        generate_s = time.perf_counter() - start
+        overrides = [
+            f"run_dir={tmp / 'run'}",
+            "dataset=folder",
+            f"dataset.root={root}",
+            f"dataset.resize={resize}",
+            f"dataset.crop={crop}",
+            f"dataset.batch_size={batch}",
+            f"dataset.num_workers={workers}",
+            f"dataset.cache_dir={tmp / 'cache'}",
+            "dataset.val_fraction=0",  # validate on the test split, as the paper's configs
+            f"model.trunk={trunk}",
+            "model.pretrained=false",
+            f"channels_last={str(channels_last).lower()}",
+            f"compile={str(compile).lower()}",
+            f"trainer.precision={precision}",
+            f"trainer.max_epochs={epochs}",
+            "trainer.accelerator=" + ("gpu" if device.type == "cuda" else "cpu"),
+            "trainer.enable_progress_bar=false",
+            "~callbacks.progress_bar",
+            "callbacks.model_checkpoint.save_last=false",
+            "logger=csv",
+            "+callbacks.epoch_timer._target_=hrn.training.callbacks.EpochTimer",
+            f"+callbacks.epoch_timer.out={tmp / 'epochs.jsonl'}",
+        ]
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        data = build_data(cfg)
+        start = time.perf_counter()
+        data.train.prepare()
+        data.test.prepare()
+        cache_s = time.perf_counter() - start
+        batch0 = next(iter(data.loader("train")))
+        train_rate, eval_rate = _step_rates(build_module(cfg, data), batch0, device, precision, 5)
+        # the run hrn.train would make of these settings (less its metrics.json): build, fit, test
+        apply_matmul_precision(cfg)
+        seed_everything(cfg.seed, workers=True)
+        fit_and_test(build_trainer(cfg, build_loggers(cfg)), build_module(cfg, data), data)
+        epoch_s = [json.loads(line)["seconds"] for line in (tmp / "epochs.jsonl").read_text().splitlines()]
+    allowed = train / train_rate + test / eval_rate
+    steady = statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else epoch_s[0]
+    return {
+        "setting": {
+            "train": train,
+            "test": test,
+            "resize": resize,
+            "crop": crop,
+            "batch": batch,
+            "trunk": trunk,
+            "workers": workers,
+            "precision": precision,
+            "channels_last": channels_last,
+            "compile": compile,
+        },  # fmt: skip
+        "generate_s": generate_s,
+        "cache_build_s": cache_s,
+        "step_alone": {
+            "train_images_per_s": train_rate,
+            "eval_images_per_s": eval_rate,
+            "allowed_epoch_s": allowed,
+        },
+        "epoch_s": epoch_s,
+        "steady_epoch_s": steady,
+        "e2e_train_images_per_s": train / (steady - test / eval_rate) if steady > test / eval_rate else None,
+        "ratio": allowed / steady,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:

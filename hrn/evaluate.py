@@ -1,19 +1,96 @@
 """``python -m hrn.evaluate ckpt_path=PATH [split=val] [dataset overrides]``: the paper's table from a checkpoint,
-with ``metrics.json``, ``predictions.npz``, ``per_class.csv`` and a confusion matrix per level in the run directory
-(:mod:`hrn.cli.evaluation`)."""
+on the test split (or ``split=val``) of the dataset the checkpoint was trained on (or the one given). Writes in the
+run directory:
+
+- ``metrics.json``: the flat metrics, ``test/acc_l1`` ... ``test/num_samples`` (prefix = the split);
+- ``predictions.npz``: ``scores`` (M, N) as used for ``ap_micro``, ``targets`` (M, N) multi-hot (label and
+  ancestors), ``preds`` (M, L) per-level predictions, ``node`` (M,) the node predicted at ``threshold``, ``path``
+  and ``path_probs`` (M, L), ``paths`` (M,);
+- ``per_class.csv``: per node, its level, support and accuracy;
+- ``confusion_l{l}.png``: a confusion matrix per level;
+- ``specificity.csv`` and ``specificity.png``: hP, hR, hF, where the predictions stop and their accuracy, for a
+  grid of thresholds: the picture to choose a threshold from.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from hrn.atomic import write_json
+from hrn.checkpoints import load_checkpoint
+from hrn.cli.build import checkpoint_data
 from hrn.cli.config import CONF_DIR
 from hrn.cli.entry import run_command
 from hrn.cli.errors import report_errors
-from hrn.cli.evaluation import evaluate
+from hrn.data.base import DataError
+from hrn.metrics import level_table
+from hrn.metrics.hierarchical import check_threshold
+from hrn.metrics.outputs import (
+    per_class_rows,
+    specificity_rows,
+    write_confusions,
+    write_per_class,
+    write_predictions,
+    write_specificity,
+)
 
-__all__ = ["evaluate", "main"]
+__all__ = ["SUMMARY", "evaluate", "main"]
+
+SUMMARY = (
+    "ap_micro", "full_path_acc", "consistency", "tice", "wap", "mistake_severity", "mistake_severity_top5",
+    "h_precision", "h_recall", "h_f1", "num_samples",
+)  # fmt: skip
+"""The metrics ``hrn.evaluate`` prints below its per-level table."""
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; returns the flat metrics (also in ``metrics.json``)."""
+    if cfg.split not in ("test", "val"):
+        raise DataError(f"split={cfg.split!r}: expected 'test' or 'val'")
+    from hrn.training import HRNModule  # Lightning is imported only where a module is built
+
+    model = load_checkpoint(cfg.ckpt_path, bool(cfg.get("trust_checkpoint", False)))
+    data = checkpoint_data(cfg, model)
+    threshold = check_threshold(cfg.get("threshold", 0.0))
+    module = HRNModule(
+        model.net,
+        model.build_loss(),
+        model.hierarchy,
+        description=model.description,
+        threshold=threshold,
+        calibration=model.calibration,
+    )
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    images = getattr(data, cfg.split)
+    results = trainer.test(module, data.loader(cfg.split), verbose=False)
+    metrics = {k.replace("test/", f"{cfg.split}/", 1): float(v) for k, v in results[0].items()}
+    if trainer.is_global_zero:
+        run_dir = Path(cfg.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        records = module.eval_metrics["test"].records
+        paths = [images.paths[i] for i in records.index.tolist()] if (records.index >= 0).all() else []
+        write_json(run_dir / "metrics.json", metrics)
+        write_predictions(run_dir / "predictions.npz", records, data.hierarchy, paths)
+        write_per_class(run_dir / "per_class.csv", per_class_rows(records, data.hierarchy))
+        write_confusions(run_dir, records, data.hierarchy)
+        write_specificity(run_dir, specificity_rows(records, data.hierarchy), data.hierarchy)
+        print(level_table(metrics, data.hierarchy.level_sizes, stage=cfg.split))
+        for key in SUMMARY:
+            if f"{cfg.split}/{key}" in metrics:  # ap_micro is left out above ap_max_nodes nodes
+                print(f"{key:<24}{metrics[f'{cfg.split}/{key}']:>10.4f}")
+        print(
+            f"at threshold {threshold:g}: hierarchical precision, recall and F1 of the deepest confident node"
+        )
+        print(
+            f"wrote {run_dir}/metrics.json, predictions.npz, per_class.csv, confusion_l*.png, specificity.csv, "
+            "specificity.png"
+        )
+    return metrics
 
 
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")

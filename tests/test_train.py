@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hrn import Hierarchy
 from hrn.cli.build import build_callbacks
 from hrn.cli.config import CONF_DIR
-from hrn.cli.training import SettingError, apply_matmul_precision, resolve_matmul_precision
+from hrn.cli.build import SettingError, apply_matmul_precision, resolve_matmul_precision
 from hrn.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +117,7 @@ def test_matmul_precision_key_is_applied_once_and_logged(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: gpu)
     monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
-    with caplog.at_level("INFO", logger="hrn.cli.training"):
+    with caplog.at_level("INFO", logger="hrn.cli.build"):
         apply_matmul_precision(make_cfg(tmp_path, *overrides))
     assert calls == ([expected] if expected else [])
     (line,) = [r.getMessage() for r in caplog.records if "matmul precision" in r.getMessage()]

@@ -1,28 +1,41 @@
-"""The library's objects from a composed config: the data with its protocols, the LightningModule (network, loss,
-optimiser, scheduler), the loggers, callbacks and Trainer."""
+"""The library's objects from a composed config, for every command that builds them: the data with its protocols
+(and, for a checkpoint, the dataset it was trained on), the LightningModule (network, loss, optimiser, scheduler),
+the loggers, callbacks and Trainer, and the float32 matmul precision of a run."""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hrn.checkpoints import describe_network
-from hrn.data.base import DataSplits
+from hrn.data.base import DataError, DataSplits
 from hrn.data.protocols import apply_protocols
 from hrn.errors import HRNError
 from hrn.metrics.hierarchical import check_threshold
+from hrn.tree import Hierarchy
 
 __all__ = [
     "LOGGER_PACKAGES",
+    "MATMUL_PRECISIONS",
     "MissingPackageError",
+    "SettingError",
+    "apply_matmul_precision",
     "build_callbacks",
     "build_data",
     "build_loggers",
     "build_module",
     "build_trainer",
+    "check_same_tree",
+    "checkpoint_data",
+    "dataset_config",
+    "resolve_matmul_precision",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class MissingPackageError(HRNError):
@@ -40,6 +53,44 @@ def build_data(cfg: DictConfig) -> DataSplits:
         degrade_apply_to=cfg.degrade.apply_to,
         seed=cfg.seed,
     )
+    return data
+
+
+def dataset_config(cfg: DictConfig, meta: dict) -> dict:
+    """The checkpoint's dataset config with the non-null keys of ``cfg.dataset`` laid over it, or ``cfg.dataset``
+    itself when it names a dataset (``dataset=cub ...``)."""
+    given = OmegaConf.to_container(cfg.dataset, resolve=True)
+    if given.get("_target_"):
+        return given
+    stored = dict(meta.get("dataset") or {})
+    if not stored:
+        raise DataError("the checkpoint records no dataset; name one: dataset=<name> dataset.root=...")
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key not in stored:
+            raise DataError(
+                f"dataset.{key}: not a setting of the checkpoint's dataset "
+                f"({', '.join(k for k in stored if k != '_target_')})"
+            )
+        stored[key] = value
+    return stored
+
+
+def check_same_tree(data: DataSplits, trained: Hierarchy) -> None:
+    """One line when the dataset's tree is not the one the checkpoint was trained on."""
+    if data.hierarchy != trained:
+        raise DataError(
+            f"the {data.name} dataset's tree (levels {data.hierarchy.level_sizes}) differs from the checkpoint's "
+            f"(levels {trained.level_sizes}); evaluate on the dataset the checkpoint was trained on"
+        )
+
+
+def checkpoint_data(cfg: DictConfig, model) -> DataSplits:
+    """The dataset a loaded model (:class:`hrn.checkpoints.LoadedModel`) is evaluated or calibrated on: the one it
+    was trained on, with ``cfg.dataset``'s settings laid over it (:func:`dataset_config`), on the same tree."""
+    data: DataSplits = instantiate(dataset_config(cfg, model.description))
+    check_same_tree(data, model.hierarchy)
     return data
 
 
@@ -118,4 +169,45 @@ def build_trainer(cfg: DictConfig, loggers: list):
         plugins=[AtomicCheckpointIO()],
         _convert_="partial",
         **compiled,
+    )
+
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's values
+
+
+class SettingError(HRNError):
+    """A top-level setting of the train config the package cannot use."""
+
+
+def resolve_matmul_precision(setting: str, capability: tuple[int, int] | None) -> str | None:
+    """The float32 matmul precision for ``matmul_precision=<setting>``, or None to leave torch's own (highest).
+
+    ``auto``: ``high`` (TF32 tensor cores: a 10-bit mantissa for the products, fp32 sums) when training on a CUDA
+    device of compute capability 8.0 or more (Ampere and newer), where it speeds up fp32 matmuls several times;
+    otherwise unchanged (a CPU, or an older GPU without TF32). ``capability``: the CUDA device's compute
+    capability, None when not training on CUDA.
+    """
+    if setting == "auto":
+        return "high" if capability is not None and capability >= (8, 0) else None
+    if setting not in MATMUL_PRECISIONS:
+        raise SettingError(
+            f"matmul_precision={setting!r} is not one of auto, {', '.join(MATMUL_PRECISIONS)}; "
+            "auto = high on a CUDA GPU with tensor cores (compute capability >= 8.0), torch's default otherwise"
+        )
+    return setting
+
+
+def apply_matmul_precision(cfg: DictConfig) -> None:
+    """Set (and log, once) the float32 matmul precision the run asks for (``matmul_precision``)."""
+    setting = str(cfg.get("matmul_precision", "auto"))
+    on_cuda = str(cfg.trainer.get("accelerator", "auto")) != "cpu" and torch.cuda.is_available()
+    capability = torch.cuda.get_device_capability() if on_cuda else None
+    precision = resolve_matmul_precision(setting, capability)
+    if precision is not None:
+        torch.set_float32_matmul_precision(precision)
+    log.info(
+        "float32 matmul precision: %s (matmul_precision=%s%s)",
+        torch.get_float32_matmul_precision(),
+        setting,
+        f", CUDA compute capability {capability[0]}.{capability[1]}" if capability else ", not on CUDA",
     )

@@ -17,7 +17,7 @@ from hrn.training.module import HRNModule
 __all__ = ["fit_and_test", "fitting_callbacks", "keep_csv_logs", "load_settings", "seed_everything"]
 
 # Lightning >= 2.6 takes weights_only; older Lightning has no such argument and loads with torch.load's default,
-# so hrn.cli.training checks a checkpoint with torch's safe unpickler (hrn.checkpoints.read_checkpoint) before it
+# so hrn.train checks a checkpoint with torch's safe unpickler (hrn.checkpoints.read_checkpoint) before it
 # hands one over.
 _TAKES_WEIGHTS_ONLY = "weights_only" in inspect.signature(L.Trainer.fit).parameters
 
