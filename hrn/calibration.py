@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from hrn.atomic import atomic_write_bytes
-from hrn.checkpoints import CHECKPOINT_KEY, CheckpointError, read_checkpoint
+from hrn.checkpoints import read_checkpoint
 from hrn.data.augment import normalize
+from hrn.description import CHECKPOINT_KEY, RNG_KEY, CheckpointError, ModelDescription
 from hrn.losses import TreeLoss
 from hrn.metrics.hierarchical import level_confidence, level_ece
 from hrn.nets.output import HRNOutput
-from hrn.share import CONFIG, WEIGHTS, write_folder
+from hrn.share import CONFIG, WEIGHTS, config_bytes, write_folder
 from hrn.tree import Hierarchy, TreeProbabilities
 
 __all__ = ["SplitOutputs", "calibration_ece", "collect_outputs", "fit_temperatures", "save_calibrated"]
@@ -121,7 +122,7 @@ def calibration_ece(
     probabilities = TreeProbabilities.calibrated(hierarchy, calibration)
     levels = list(outputs.scores.split(hierarchy.level_sizes, 1)) if tree_scores != "leaf" else []
     output = HRNOutput(
-        sigmoid=levels, logits=levels, leaf_logits=outputs.leaf_logits
+        level_probs=levels, level_logits=levels, leaf_logits=outputs.leaf_logits
     )  # scores(...) gives them back
     marginals = probabilities.node_probabilities(output, tree_scores)
     confidence, classes = level_confidence(marginals, hierarchy.level_sizes)
@@ -139,20 +140,21 @@ def save_calibrated(source: str | Path, calibration: dict, out: str | Path, trus
             f"out={out}: is the model being calibrated; give another path, e.g. out={out.stem}-calibrated"
         )
     if source.is_dir():
-        config = json.loads((source / CONFIG).read_text(encoding="utf-8"))
-        config["calibration"] = calibration
-        files = {
-            CONFIG: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
-            WEIGHTS: (source / WEIGHTS).read_bytes(),
-        }
-        write_folder(files, out)
+        where = f"ckpt_path={source}"
+        try:
+            config = json.loads((source / CONFIG).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise CheckpointError(f"{where}: cannot read {CONFIG} ({e})") from None
+        description = ModelDescription.from_dict(config, where).replace(calibration=calibration)
+        write_folder({CONFIG: config_bytes(description), WEIGHTS: (source / WEIGHTS).read_bytes()}, out)
         return out
     ckpt = read_checkpoint(source, trust)
-    ckpt[CHECKPOINT_KEY]["calibration"] = calibration
-    if "hrn_rng" in ckpt:  # a trusted checkpoint of hrn < 0.2: its NumPy state as the safe unpickler reads it
-        name, keys, *rest = ckpt["hrn_rng"]["numpy"]
+    description = ModelDescription.from_dict(ckpt[CHECKPOINT_KEY], f"ckpt_path={source}")
+    ckpt[CHECKPOINT_KEY] = description.replace(calibration=calibration).to_dict()
+    if RNG_KEY in ckpt:  # a trusted checkpoint of hrn < 0.2: its NumPy state as the safe unpickler reads it
+        name, keys, *rest = ckpt[RNG_KEY]["numpy"]
         if not isinstance(keys, torch.Tensor):
-            ckpt["hrn_rng"]["numpy"] = (name, torch.as_tensor(keys.astype("int64")), *rest)
+            ckpt[RNG_KEY]["numpy"] = (name, torch.as_tensor(keys.astype("int64")), *rest)
     buffer = io.BytesIO()
     torch.save(ckpt, buffer)
     atomic_write_bytes(out, buffer.getvalue())

@@ -16,12 +16,21 @@ from pathlib import Path
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-import hrn
 from hrn.atomic import atomic_write_bytes
-from hrn.checkpoints import CheckpointError, LoadedModel, model_from
 from hrn.data.augment import MEAN, STD
+from hrn.description import CheckpointError, ModelDescription
+from hrn.trained import LoadedModel, model_from
 
-__all__ = ["CONFIG", "MACHINE_KEYS", "WEIGHTS", "folder_files", "load_folder", "share_config", "write_folder"]
+__all__ = [
+    "CONFIG",
+    "MACHINE_KEYS",
+    "WEIGHTS",
+    "config_bytes",
+    "folder_files",
+    "load_folder",
+    "share_config",
+    "write_folder",
+]
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -31,39 +40,42 @@ MACHINE_KEYS = ("root", "cache_dir")
 ``dataset.root=...`` to evaluate a shared model on your copy of the data)."""
 
 
-def share_config(model: LoadedModel) -> dict:
-    """``config.json`` of a trained model: its description (tree, net, loss, dataset, data sizes) and what a user
-    of the folder needs to prepare inputs (``transform``), in plain JSON."""
-    d = model.description
-    data = {k: v for k, v in (d.get("data") or {}).items() if k in ("name", "resize", "crop", "padding")}
+def share_config(description: ModelDescription) -> dict:
+    """``config.json`` of a trained model: its description (:meth:`ModelDescription.to_dict`, the dataset settings
+    less the machine's folders) and what a user of the folder needs to prepare inputs (``transform``), in plain
+    JSON."""
+    d = description.to_dict()
+    d["dataset"] = {k: v for k, v in (description.dataset or {}).items() if k not in MACHINE_KEYS}
+    d["data"] = {k: v for k, v in description.data.items() if k in ("name", "resize", "crop", "padding")}
+    resize, crop = description.resize, description.crop
     return {
         "model_type": MODEL_TYPE,
-        "architectures": [type(model.net).__name__],
-        "hrn_version": hrn.__version__,
-        "tree": d["tree"],
-        "tree_scores": model.tree_scores,
-        "net": d.get("net") or {},
-        "loss": d.get("loss") or {},
-        "dataset": {k: v for k, v in (d.get("dataset") or {}).items() if k not in MACHINE_KEYS},
-        "calibration": d.get("calibration"),  # hrn.calibrate's temperatures, or None
-        "data": data,
+        "architectures": [str(description.net.get("_target_", "")).rsplit(".", 1)[-1]],
+        **d,
         "transform": {
-            "resize": [model.resize, model.resize],
-            "crop": model.crop,
+            "resize": [resize, resize],
+            "crop": crop,
             "mean": [MEAN] * 3,
             "std": [STD] * 3,
-            "steps": f"Resize(({model.resize}, {model.resize}), bilinear, antialias) -> CenterCrop({model.crop}) -> "
+            "steps": f"Resize(({resize}, {resize}), bilinear, antialias) -> CenterCrop({crop}) -> "
             "float32 / 255 -> (x - mean) / std",
         },
     }
+
+
+def config_bytes(description: ModelDescription) -> bytes:
+    """:func:`share_config` as the bytes of ``config.json``."""
+    return (json.dumps(share_config(description), indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 def folder_files(model: LoadedModel) -> dict[str, bytes]:
     """The folder's two files, as bytes: ``config.json`` and ``model.safetensors`` (the plain network's state
     dict, tensors made contiguous, the hub's ``{"format": "pt"}`` metadata)."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
-    config = json.dumps(share_config(model), indent=2, sort_keys=True) + "\n"
-    return {CONFIG: config.encode("utf-8"), WEIGHTS: save_safetensors(state, metadata={"format": "pt"})}
+    return {
+        CONFIG: config_bytes(model.description),
+        WEIGHTS: save_safetensors(state, metadata={"format": "pt"}),
+    }
 
 
 def write_folder(files: dict[str, bytes], out: Path) -> None:
@@ -82,7 +94,7 @@ def model_from_files(files: dict[str, bytes], where: Path) -> LoadedModel:
         config = json.loads(files[CONFIG].decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f"ckpt_path={where}: {CONFIG} is not JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE or "tree" not in config:
+    if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE:
         raise CheckpointError(
             f"ckpt_path={where}: {CONFIG} does not describe an hrn model (model_type {MODEL_TYPE!r})"
         )

@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, TensorDataset
 
-from hrn import Hierarchy
+from hrn import Hierarchy, ModelDescription
 from hrn.checkpoints import load_checkpoint
 from hrn.cli.config import CONF_DIR
 from hrn.losses import ChangLoss, HMCLMLPLoss, HMCNFLoss, MCLoss
@@ -64,7 +64,7 @@ def output_with(sizes: list[int], **extras: torch.Tensor) -> BaselineOutput:
     """An output whose per-level fields are zeros: for the losses that read only ``extras``."""
     b = next(iter(extras.values())).shape[0]
     zeros = [torch.zeros(b, n) for n in sizes]
-    return BaselineOutput(sigmoid=zeros, logits=zeros, leaf_logits=zeros[-1], extras=extras)
+    return BaselineOutput(level_probs=zeros, level_logits=zeros, leaf_logits=zeros[-1], extras=extras)
 
 
 # ---------------------------------------------------------------------------------------------- networks
@@ -75,18 +75,18 @@ def test_shapes_finite_and_probabilities(tree3, name):
     net = net_cls(tree3, trunk="resnet18", **kwargs)
     out = net(torch.randn(3, 3, 32, 32))
     assert isinstance(out, BaselineOutput)
-    assert [tuple(s.shape) for s in out.sigmoid] == [(3, 2), (3, 3), (3, 4)]
-    assert [tuple(s.shape) for s in out.logits] == [(3, 2), (3, 3), (3, 4)]
+    assert [tuple(s.shape) for s in out.level_probs] == [(3, 2), (3, 3), (3, 4)]
+    assert [tuple(s.shape) for s in out.level_logits] == [(3, 2), (3, 3), (3, 4)]
     assert tuple(out.leaf_logits.shape) == (3, 4)
     assert out.scores("sigmoid").shape == (3, 9)
-    for t in [*out.sigmoid, *out.logits, out.leaf_logits, *out.extras.values()]:
+    for t in [*out.level_probs, *out.level_logits, out.leaf_logits, *out.extras.values()]:
         assert torch.isfinite(t).all()
     s = out.scores("sigmoid")
     assert ((s > 0) & (s < 1)).all()
     # logits are the log-odds of the sigmoid outputs, whatever produced them
     torch.testing.assert_close(out.scores("logits").sigmoid(), s, rtol=1e-4, atol=1e-6)
     # leaf accuracy (argmax of leaf_logits) agrees with the leaf-level probabilities
-    assert torch.equal(out.leaf_logits.argmax(1), out.sigmoid[-1].argmax(1))
+    assert torch.equal(out.leaf_logits.argmax(1), out.level_probs[-1].argmax(1))
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -195,8 +195,8 @@ def test_hmcnf_loss_by_hand_with_a_coarse_label(tree2, coarse):
     p = [0.5 * sigmoid(u) + 0.5 * sigmoid(v) for u, v in zip(LOCAL2, GLOBAL2, strict=True)]
     final = torch.tensor([p, p])
     out = BaselineOutput(
-        sigmoid=[final[:, :2], final[:, 2:]],
-        logits=[torch.logit(final[:, :2]), torch.logit(final[:, 2:])],
+        level_probs=[final[:, :2], final[:, 2:]],
+        level_logits=[torch.logit(final[:, :2]), torch.logit(final[:, 2:])],
         leaf_logits=torch.logit(final[:, 2:]),
         extras={"local_logits": local, "global_logits": glob},
     )
@@ -275,8 +275,8 @@ def test_hmclmlp_loss_by_hand_with_a_coarse_label(tree2):
     l1 = [[0.4, -0.6], [1.5, 0.2]]  # a, x
     l2 = [[0.3, -1.2, 0.8], [2.0, 2.0, 2.0]]  # b, c, y; sample 2's row is unknown and must not count
     out = BaselineOutput(
-        sigmoid=[torch.tensor(l1).sigmoid(), torch.tensor(l2).sigmoid()],
-        logits=[torch.tensor(l1), torch.tensor(l2)],
+        level_probs=[torch.tensor(l1).sigmoid(), torch.tensor(l2).sigmoid()],
+        level_logits=[torch.tensor(l1), torch.tensor(l2)],
         leaf_logits=torch.tensor(l2),
     )
     bce_l1 = (sp(-0.4) + sp(-0.6) + sp(1.5) + sp(-0.2)) / 4  # targets: a (sample 1), x (sample 2)
@@ -305,10 +305,11 @@ def test_one_optimiser_step_through_the_lightning_module(tree3, tmp_path, name):
     net_cls, loss_cls, kwargs, _ = METHODS[name]
     torch.manual_seed(0)
     net = net_cls(tree3, trunk="resnet18", **kwargs)
-    description = {  # what hrn.cli.build.build_module records (under the paths checkpoints before 0.2 used)
-        "net": {"_target_": f"hrn.baselines.{net_cls.__name__}", "trunk": "resnet18", **kwargs},
-        "loss": {"_target_": f"hrn.baselines.{loss_cls.__name__}"},
-    }
+    description = ModelDescription(  # as hrn.cli.build.build_module records it, under the paths before 0.2
+        tree=tree3,
+        net={"_target_": f"hrn.baselines.{net_cls.__name__}", "trunk": "resnet18", **kwargs},
+        loss={"_target_": f"hrn.baselines.{loss_cls.__name__}"},
+    )
     module = HRNModule(
         net, loss_cls(tree3), tree3, functools.partial(torch.optim.SGD, lr=0.01), None, description
     )

@@ -58,7 +58,7 @@ def images(tmp_path_factory) -> list[Path]:
 def loaded(trained, images):
     module = load_checkpoint(trained)
     meta = module.description
-    batch = load_images(images, meta["data"]["resize"], meta["data"]["crop"])
+    batch = load_images(images, meta.resize, meta.crop)
     return module, batch
 
 

@@ -1,5 +1,6 @@
 """The package's layout holds: the library imports neither Hydra nor Lightning, commands import the library and
-never each other, no module is over 400 lines, and the wheel lists every package."""
+never each other, each command lives in one file, no import circle (function-level imports included), no module is
+over 400 lines, and the wheel lists every package."""
 
 import ast
 import subprocess
@@ -42,6 +43,73 @@ def imported(path: Path) -> set[str]:
             out.add(node.module)
             out.update(f"{node.module}.{a.name}" for a in node.names)
     return out
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The package's modules that importing ``path`` and calling its functions can import (function-level imports
+    included): ``from hrn.x import y`` imports the module hrn.x.y when there is one, hrn.x otherwise; and importing
+    hrn.x.y first imports its packages (hrn.x), all but the top one, whose ``__init__`` loads its names lazily."""
+    out = set()
+    own = module_name(path)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            targets = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+                for a in node.names
+            ]
+        else:
+            continue
+        for target in targets:
+            parts = target.split(".")
+            out.add(target)
+            # the packages above the target, but those above the importer itself: already initialising when it runs
+            out.update(
+                p for p in (".".join(parts[:i]) for i in range(2, len(parts))) if not own.startswith(p + ".")
+            )
+    return {m for m in out if m in MODULES}
+
+
+def test_no_import_circle_lazy_imports_included():
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    for name, path in MODULES.items():
+        graph.add_edges_from((name, target) for target in imported_modules(path) if target != name)
+    circles = sorted(sorted(c) for c in nx.strongly_connected_components(graph) if len(c) > 1)
+    assert not circles, f"import circles: {circles}"
+
+
+def test_the_top_package_loads_its_names_lazily_and_no_module_imports_it():
+    """``hrn/__init__.py`` imports only the version at import time; no module of the package imports ``hrn`` itself
+    (which would see it half-initialised)."""
+    assert imported(PACKAGE / "__init__.py") <= {
+        "__future__",
+        "__future__.annotations",
+        "importlib",
+        "hrn.version",
+        "hrn.version.__version__",
+    }
+    for name, path in MODULES.items():
+        assert "hrn" not in imported(path), name
+    code = "import sys, hrn.reports; print('torch' in sys.modules, 'networkx' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0 and result.stdout.split() == ["False", "False"], result.stderr[-2000:]
+
+
+def test_each_command_lives_in_one_file():
+    """``hrn/<verb>.py`` holds its command's Hydra layer: only command modules carry ``@hydra.main``, and every
+    module of the command layer is shared by two commands or more (no ``hrn/cli/<verb-noun>.py`` twin)."""
+    for name, path in MODULES.items():
+        if "hydra.main" in path.read_text():
+            assert name in COMMAND_MODULES, f"{name} defines a Hydra entry point; only hrn/<verb>.py may"
+    for name in (m for m in MODULES if within(m, COMMAND_LAYER) and m != "hrn.cli"):
+        users = [c for c in COMMAND_MODULES if name in imported_modules(MODULES[c])]
+        assert len(users) >= 2, f"{name} serves only {users}: it belongs in that command's file"
+        assert not any(name.rsplit(".", 1)[-1].startswith(c[:5]) for c in COMMANDS), name
 
 
 def test_every_command_exists_and_the_library_is_not_empty():

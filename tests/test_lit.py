@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from hrn import HRN, CompositeLoss, Hierarchy, HRNOutput
+import hrn
+from hrn import HRN, CompositeLoss, Hierarchy, HRNOutput, ModelDescription
 from hrn.checkpoints import CHECKPOINT_KEY
 from hrn.data.base import Batch
 from hrn.losses import LeafCELoss
@@ -51,7 +52,7 @@ def make_module(h, net):
         h,
         functools.partial(torch.optim.SGD, lr=0.1),
         None,
-        description={"net": {"note": "test"}},
+        description=ModelDescription(tree=h, net={"note": "test"}),
     )
 
 
@@ -133,7 +134,7 @@ def test_real_hrn_trains_a_step_and_the_checkpoint_describes_itself(tree, tmp_pa
         tree,
         functools.partial(torch.optim.SGD, lr=0.01),
         None,
-        description={"net": {"trunk": "resnet18"}},
+        description=ModelDescription(tree=tree, net={"_target_": "hrn.nets.HRN", "trunk": "resnet18"}),
     )
     images = torch.randn(4, 3, 32, 32)
     targets = torch.tensor([tree.index(n) for n in ("d", "f", "c", "z")])
@@ -145,7 +146,11 @@ def test_real_hrn_trains_a_step_and_the_checkpoint_describes_itself(tree, tmp_pa
     ckpt = torch.load(tmp_path / "m.ckpt", weights_only=False)
     assert Hierarchy.from_dict(ckpt[CHECKPOINT_KEY]["tree"]) == tree
     assert ckpt[CHECKPOINT_KEY]["tree"]["levels"][0] == ["a", "x"]
-    assert ckpt[CHECKPOINT_KEY]["net"] == {"trunk": "resnet18"}
+    assert ckpt[CHECKPOINT_KEY]["net"] == {"_target_": "hrn.nets.HRN", "trunk": "resnet18"}
+    assert (
+        ckpt[CHECKPOINT_KEY]["tree_scores"] == "sigmoid"
+        and ckpt[CHECKPOINT_KEY]["hrn_version"] == hrn.__version__
+    )
 
 
 def test_leaf_only_methods_rank_ap_by_the_leaf_softmax(tree, tmp_path):

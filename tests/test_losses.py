@@ -233,7 +233,7 @@ def test_per_level_ce_counts_levels_at_or_above_the_label(small_tree):
     h = small_tree
     out = _output(h, 2, seed=4)
     targets = torch.tensor([h.index("d"), h.index("y")])  # d: a/b/d = 0/0/0 ; y: x/y = 1/2, no leaf
-    l1, l2, leaf = out.logits[0], out.logits[1], out.leaf_logits
+    l1, l2, leaf = out.level_logits[0], out.level_logits[1], out.leaf_logits
     e1 = (-(l1[0, 0] - _lse(l1[0])) - (l1[1, 1] - _lse(l1[1]))) / 2
     e2 = (-(l2[0, 0] - _lse(l2[0])) - (l2[1, 2] - _lse(l2[1]))) / 2
     e3 = -(leaf[0, 0] - _lse(leaf[0]))

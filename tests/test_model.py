@@ -68,11 +68,11 @@ def test_every_variant_gives_shapes_without_nans(kwargs):
             images.contiguous(memory_format=torch.channels_last),
         )
     out = net(images)
-    assert [t.shape for t in out.sigmoid] == [(2, n) for n in h.level_sizes]
+    assert [t.shape for t in out.level_probs] == [(2, n) for n in h.level_sizes]
     assert out.leaf_logits.shape == (2, h.level_sizes[-1])
     assert out.scores().shape == (2, h.num_nodes)
-    assert all(((t > 0) & (t < 1)).all() for t in out.sigmoid)
-    assert all(torch.isfinite(t).all() for t in [*out.logits, out.leaf_logits])
+    assert all(((t > 0) & (t < 1)).all() for t in out.level_probs)
+    assert all(torch.isfinite(t).all() for t in [*out.level_logits, out.leaf_logits])
 
 
 def test_residual_sum_and_relu_follow_the_spec():
@@ -80,14 +80,18 @@ def test_residual_sum_and_relu_follow_the_spec():
     h = small_tree()
     net = HRN(h, trunk="resnet18", width=32, dim=16).eval()
     x = torch.randn(2, 3, 64, 64)
-    z = net.forward_features(x)
-    feats = net.trunk(x)
+    feats = net.forward_features(x)  # the trunk's map, as timm's forward_features
+    torch.testing.assert_close(feats, net.trunk(x))
+    assert feats.shape == (2, 512, 2, 2)
+    z = net.forward_head(feats, pre_logits=True)
+    torch.testing.assert_close(z[1], net.level_features(feats)[1])
     hs = [proj(net.pool(gsb(feats)).flatten(1)) for gsb, proj in zip(net.gsbs, net.projections, strict=True)]
     torch.testing.assert_close(z[0], hs[0].relu())
     torch.testing.assert_close(z[2], (hs[0] + hs[1] + hs[2]).relu())
-    out = net.forward_head(z)
+    out = net.forward_head(feats)
+    torch.testing.assert_close(out.leaf_logits, net(x).leaf_logits)
     torch.testing.assert_close(out.leaf_logits, net.leaf_head(z[2]))
-    torch.testing.assert_close(out.sigmoid[1], net.heads[1](z[1]).sigmoid())
+    torch.testing.assert_close(out.level_probs[1], net.heads[1](z[1]).sigmoid())
 
 
 def test_concat_widens_the_heads():
@@ -152,3 +156,13 @@ def test_pretrained_offline_says_how_to_fix(monkeypatch):
 def test_trunk_channels_table_matches_torchvision():
     for name, channels in TRUNKS.items():
         assert getattr(torchvision.models, name)().fc.in_features == channels
+
+
+def test_scores_of_the_leaf_source_are_refused():
+    """The leaf softmax is no per-node tree score: asking an output for "leaf" scores is an error, not logits."""
+    from hrn.nets.output import LeafScoresError
+
+    out = HRN(small_tree(), trunk="resnet18", width=8, dim=8).eval()(torch.randn(2, 3, 32, 32))
+    assert out.scores("sigmoid").shape == out.scores("logits").shape == (2, small_tree().num_nodes)
+    with pytest.raises(LeafScoresError, match="node_probabilities"):
+        out.scores("leaf")

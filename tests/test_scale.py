@@ -112,7 +112,7 @@ def test_compiled_net_has_one_graph_per_mode_and_runs_other_shapes_eagerly(tree,
     assert forward.shapes == {True: full.shape, False: full.shape}
     for a, b in [(compiled, eager), (evaluated, evaluated_eager)]:
         torch.testing.assert_close(a.leaf_logits, b.leaf_logits, rtol=1e-4, atol=1e-5)
-        for s, t in zip(a.sigmoid, b.sigmoid, strict=True):
+        for s, t in zip(a.level_probs, b.level_probs, strict=True):
             torch.testing.assert_close(s, t, rtol=1e-4, atol=1e-5)
     for g, h in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-5)

@@ -94,7 +94,7 @@ def test_a_one_class_level_is_trivially_right_in_training_and_evaluation():
 def _eval_inputs(module, images, targets):
     out = module.net(images)
     marginals = module.probabilities.node_probabilities(out, "sigmoid")
-    return out.sigmoid, out.leaf_logits, marginals, targets
+    return out.level_probs, out.leaf_logits, marginals, targets
 
 
 def test_loader_workers_never_exceed_the_cores(monkeypatch):

@@ -11,9 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from hrn import Hierarchy
-from hrn.cli.build import build_callbacks
+from hrn.cli.build import SettingError, apply_matmul_precision, build_callbacks, resolve_matmul_precision
 from hrn.cli.config import CONF_DIR
-from hrn.cli.build import SettingError, apply_matmul_precision, resolve_matmul_precision
 from hrn.train import train
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -55,7 +55,7 @@ def test_every_network_takes_a_timm_trunk_and_its_lr_scale(tree, cls):
     kwargs = {"dim": 8} if cls in (HRN, ChangNet) else {}
     net = cls(tree, trunk=VIT, image_size=32, trunk_lr_scale=0.25, **kwargs)
     out = net(torch.randn(2, 3, 32, 32))
-    assert [t.shape for t in out.sigmoid] == [(2, n) for n in tree.level_sizes]
+    assert [t.shape for t in out.level_probs] == [(2, n) for n in tree.level_sizes]
     trunk_group, heads = net.param_groups()
     assert trunk_group["lr_scale"] == 0.25 and heads["lr_scale"] == 1.0
     assert sum(p.numel() for p in trunk_group["params"]) == sum(p.numel() for p in net.trunk.parameters())
@@ -169,8 +169,8 @@ def test_a_timm_run_trains_and_its_checkpoint_describes_the_trunk(timm_run):
     name, ckpt, metrics = timm_run
     assert {"test/acc_l1", "test/acc_l3", "test/ap_micro"} <= set(metrics)
     model = load_checkpoint(ckpt)  # rebuilt from the description alone: no download, no config
-    assert model.description["net"]["trunk"] == name and model.description["net"]["image_size"] == 32
-    assert "pretrained" not in model.description["net"] and isinstance(model.net.trunk, TimmTrunk)
+    assert model.description.net["trunk"] == name and model.description.net["image_size"] == 32
+    assert "pretrained" not in model.description.net and isinstance(model.net.trunk, TimmTrunk)
 
 
 @pytest.mark.slow

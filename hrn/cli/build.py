@@ -11,12 +11,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from hrn.checkpoints import describe_network
 from hrn.data.base import DataError, DataSplits
 from hrn.data.protocols import apply_protocols
+from hrn.description import ModelDescription
 from hrn.errors import HRNError
 from hrn.metrics.hierarchical import check_threshold
+from hrn.trained import describe_network
 from hrn.tree import Hierarchy
+from hrn.version import __version__
 
 __all__ = [
     "LOGGER_PACKAGES",
@@ -35,11 +37,11 @@ __all__ = [
     "resolve_matmul_precision",
 ]
 
-log = logging.getLogger(__name__)
-
-
 class MissingPackageError(HRNError):
     """A selected option needs a package that is not installed."""
+
+
+log = logging.getLogger(__name__)
 
 
 def build_data(cfg: DictConfig) -> DataSplits:
@@ -56,13 +58,13 @@ def build_data(cfg: DictConfig) -> DataSplits:
     return data
 
 
-def dataset_config(cfg: DictConfig, meta: dict) -> dict:
+def dataset_config(cfg: DictConfig, description: ModelDescription) -> dict:
     """The checkpoint's dataset config with the non-null keys of ``cfg.dataset`` laid over it, or ``cfg.dataset``
     itself when it names a dataset (``dataset=cub ...``)."""
     given = OmegaConf.to_container(cfg.dataset, resolve=True)
     if given.get("_target_"):
         return given
-    stored = dict(meta.get("dataset") or {})
+    stored = dict(description.dataset or {})
     if not stored:
         raise DataError("the checkpoint records no dataset; name one: dataset=<name> dataset.root=...")
     for key, value in given.items():
@@ -103,12 +105,15 @@ def build_module(cfg: DictConfig, data: DataSplits):
     settings = OmegaConf.to_container(cfg.model, resolve=True)
     net = instantiate(settings, hierarchy=h)
     loss = instantiate(cfg.loss, hierarchy=h)
-    description = {
-        "net": describe_network(net, settings),
-        "loss": OmegaConf.to_container(cfg.loss, resolve=True),
-        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
-        "data": {"name": data.name, **data.info},
-    }
+    description = ModelDescription(
+        tree=h,
+        net=describe_network(net, settings),
+        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        tree_scores=loss.tree_scores,
+        data={"name": data.name, **data.info},
+        dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
+        version=__version__,
+    )
     return HRNModule(
         net,
         loss,

@@ -36,14 +36,15 @@ from pathlib import Path
 
 import torch
 
-import hrn
 from hrn.atomic import atomic_write_bytes
 from hrn.checkpoints import LoadedModel, load_checkpoint
 from hrn.data.augment import MEAN, STD
 from hrn.deploy.predictor import INPUT_NAME, OUTPUT_NAMES, Predictor
+from hrn.description import ModelDescription
 from hrn.errors import HRNError
 from hrn.metrics.hierarchical import check_threshold
 from hrn.share import folder_files, model_from_files, write_folder
+from hrn.version import __version__
 
 __all__ = [
     "ExportError",
@@ -104,28 +105,29 @@ def predictor_of(model: LoadedModel, uint8_input: bool = False, threshold: float
 
 def build_predictor(
     ckpt_path: str | Path, uint8_input: bool = False, trust: bool = False, threshold: float = 0.0
-) -> tuple[Predictor, dict]:
+) -> tuple[Predictor, ModelDescription]:
     """The checkpoint's (or shared folder's) :func:`predictor_of`, and its self-description."""
     model = load_checkpoint(ckpt_path, trust)
     return predictor_of(model, uint8_input, threshold), model.description
 
 
-def metadata(predictor: Predictor, meta: dict, ckpt_path: str | Path, input_dtype: str) -> dict:
+def metadata(
+    predictor: Predictor, description: ModelDescription, ckpt_path: str | Path, input_dtype: str
+) -> dict:
     """What a consumer needs beside the graph: input preprocessing, output meaning, node names and the tree."""
-    tree = meta["tree"]
+    tree = description.tree.to_dict()
     names = [n for level in tree["levels"] for n in level]
-    data = meta.get("data", {})
-    resize, crop = data.get("resize", 550), data.get("crop", 448)
+    resize, crop = description.resize, description.crop
     steps = f"Resize(({resize}, {resize}), bilinear, antialias) -> CenterCrop({crop})"
     if input_dtype == "float32":
         steps += " -> float32 / 255 -> (x - mean) / std"
     return {
-        "hrn_version": hrn.__version__,
+        "hrn_version": __version__,
         "checkpoint": Path(ckpt_path).name,
-        "net": meta.get("net", {}).get("_target_"),
+        "net": description.net.get("_target_"),
         "tree_scores": predictor.tree_scores,
         "threshold": predictor.threshold,
-        "calibration": meta.get("calibration"),
+        "calibration": description.calibration,
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, crop, crop], "dtype": input_dtype},
         "transform": {
             "resize": [resize, resize],
@@ -315,8 +317,8 @@ def export(
             f"out={out}: is a folder; give the file to write, e.g. out={out / ('model' + FORMATS[format])}"
         )
 
-    predictor, meta = build_predictor(ckpt_path, input == "uint8", trust, threshold)
-    info = metadata(predictor, meta, ckpt_path, input)
+    predictor, description = build_predictor(ckpt_path, input == "uint8", trust, threshold)
+    info = metadata(predictor, description, ckpt_path, input)
     crop = info["transform"]["crop"]
     example = example_images(EXAMPLE_BATCH, crop, predictor.uint8_input)
     start = time.perf_counter()

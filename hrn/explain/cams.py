@@ -80,7 +80,7 @@ class LevelLogits(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.net(images)
-        return out.leaf_logits if self.level == self.num_levels - 1 else out.logits[self.level]
+        return out.leaf_logits if self.level == self.num_levels - 1 else out.level_logits[self.level]
 
 
 @dataclass

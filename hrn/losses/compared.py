@@ -159,10 +159,10 @@ class HMCLMLPLoss(TreeTargets):
         super().__init__(hierarchy)
 
     def forward(self, output: HRNOutput, targets: torch.Tensor) -> LossTerms:
-        """``output.logits``: per level (B, n_l); ``targets``: (B,) node indices at any level."""
+        """``output.level_logits``: per level (B, n_l); ``targets``: (B,) node indices at any level."""
         level_targets = self.ancestor_at_level[:, targets]  # (L, B), -1 where unknown
         terms = {}
-        for lvl, (logits, t) in enumerate(zip(output.logits, level_targets, strict=True), start=1):
+        for lvl, (logits, t) in enumerate(zip(output.level_logits, level_targets, strict=True), start=1):
             logits = logits.float()
             y = F.one_hot(t.clamp_min(0), logits.shape[1]).to(logits.dtype)  # (B, n_l)
             bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")

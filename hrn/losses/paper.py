@@ -87,7 +87,7 @@ class PerLevelCELoss(nn.Module):
 
     def forward(self, output, targets: torch.Tensor) -> LossTerms:
         truth = self.ancestor_at_level[:, targets]  # (L, B), -1 above the label's level
-        logits = [*output.logits[:-1], output.leaf_logits]
+        logits = [*output.level_logits[:-1], output.leaf_logits]
         terms = {}
         for lvl, z in enumerate(logits, start=1):
             known = truth[lvl - 1] >= 0

@@ -119,12 +119,12 @@ class CHMCNN(TrunkNetwork):
 
     def forward(self, images: torch.Tensor) -> BaselineOutput:
         """(B, 3, H, W) -> :class:`BaselineOutput` (see the class docstring)."""
-        z = self.out(self.hidden(self.pool(self.trunk_features(images)).flatten(1)))  # (B, N)
+        z = self.out(self.hidden(self.pool(self.forward_features(images)).flatten(1)))  # (B, N)
         constrained = max_constraint(z, self.descendants)  # (B, N), = logit of MCM(sigmoid(z))
         logits = list(torch.split(constrained, self.level_sizes, dim=1))
         return BaselineOutput(
-            sigmoid=[t.sigmoid() for t in logits],
-            logits=logits,
+            level_probs=[t.sigmoid() for t in logits],
+            level_logits=logits,
             leaf_logits=logits[-1],
             extras={"node_logits": z},
         )
@@ -186,7 +186,7 @@ class HMCNF(TrunkNetwork):
 
     def forward(self, images: torch.Tensor) -> BaselineOutput:
         """(B, 3, H, W) -> :class:`BaselineOutput` (see the class docstring)."""
-        x = self.pool(self.trunk_features(images)).flatten(1)  # (B, C)
+        x = self.pool(self.forward_features(images)).flatten(1)  # (B, C)
         a = None
         local = []
         for lvl, layer in enumerate(self.global_layers):
@@ -201,8 +201,8 @@ class HMCNF(TrunkNetwork):
         log_q = torch.logaddexp(log_b + F.logsigmoid(-local_logits), log_1mb + F.logsigmoid(-global_logits))
         final_logits = list(torch.split(log_p - log_q, self.level_sizes, dim=1))
         return BaselineOutput(
-            sigmoid=list(torch.split(log_p.exp(), self.level_sizes, dim=1)),
-            logits=final_logits,
+            level_probs=list(torch.split(log_p.exp(), self.level_sizes, dim=1)),
+            level_logits=final_logits,
             leaf_logits=final_logits[-1],
             extras={"local_logits": local_logits, "global_logits": global_logits},
         )
@@ -255,7 +255,7 @@ class ChangNet(TrunkNetwork):
 
     def forward(self, images: torch.Tensor) -> BaselineOutput:
         """(B, 3, H, W) -> :class:`BaselineOutput` (see the class docstring)."""
-        x = self.norm(self.pool(self.trunk_features(images)).flatten(1))  # (B, C)
+        x = self.norm(self.pool(self.forward_features(images)).flatten(1))  # (B, C)
         feats = [branch(x) for branch in self.branches]  # f_l, (B, dim) each
         logits = [
             clf(torch.cat([feats[lvl], *(f.detach() for f in feats[lvl + 1 :])], dim=1))
@@ -263,8 +263,8 @@ class ChangNet(TrunkNetwork):
         ]  # (B, n_l) softmax logits
         log_probs = [t.log_softmax(dim=1) for t in logits]
         return BaselineOutput(
-            sigmoid=[t.exp() for t in log_probs],
-            logits=[_log_odds(t) for t in log_probs],
+            level_probs=[t.exp() for t in log_probs],
+            level_logits=[_log_odds(t) for t in log_probs],
             leaf_logits=logits[-1],
             extras={"softmax_logits": torch.cat(logits, dim=1)},
         )
@@ -320,11 +320,11 @@ class HMCLMLP(TrunkNetwork):
 
     def forward(self, images: torch.Tensor) -> BaselineOutput:
         """(B, 3, H, W) -> :class:`BaselineOutput` (see the class docstring)."""
-        x = self.pool(self.trunk_features(images)).flatten(1)  # (B, C)
+        x = self.pool(self.forward_features(images)).flatten(1)  # (B, C)
         logits: list[torch.Tensor] = []
         sigmoid: list[torch.Tensor] = []
         for mlp in self.mlps:
             inp = torch.cat([x, sigmoid[-1].detach()], dim=1) if sigmoid else x
             logits.append(mlp(inp))  # (B, n_l)
             sigmoid.append(logits[-1].sigmoid())
-        return BaselineOutput(sigmoid=sigmoid, logits=logits, leaf_logits=logits[-1])
+        return BaselineOutput(level_probs=sigmoid, level_logits=logits, leaf_logits=logits[-1])

@@ -114,9 +114,11 @@ class HRN(TrunkNetwork):
         self.heads = nn.ModuleList(nn.Linear(d, n) for d, n in zip(head_in, self.level_sizes, strict=True))
         self.leaf_head = nn.Linear(head_in[-1], self.level_sizes[-1])
 
-    def forward_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) -> per level, the level feature z_l (B, D) or (B, l·D) for ``combine="concat"``."""
-        x = self.trunk(images)  # (B, C, h, w)
+    # forward_features (the trunk's map, as in timm) comes from TrunkNetwork: (B, 3, H, W) -> (B, C, h, w).
+
+    def level_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's map (B, C, h, w) -> per level, the level feature z_l (B, D), or (B, l·D) for
+        ``combine="concat"``: GSB_l, pooling and projection give h_l, then the hierarchical residual links."""
         h = []  # h_l, (B, D) each
         for lvl, proj in enumerate(self.projections):
             x_l = self.gsbs[lvl](x) if self.gsbs is not None else x
@@ -127,11 +129,16 @@ class HRN(TrunkNetwork):
             return [self.act(torch.cat(h[: lvl + 1], dim=1)) for lvl in range(len(h))]
         return [self.act(z) for z in h]
 
-    def forward_head(self, z: list[torch.Tensor]) -> HRNOutput:
-        """Level features -> sigmoid outputs per level and the leaf softmax logits."""
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> HRNOutput | list[torch.Tensor]:
+        """The trunk's map (B, C, h, w) -> the heads' outputs: per level the sigmoid head on z_l, and the leaf
+        softmax head on z_L. ``pre_logits=True``: the level features z_l alone (:meth:`level_features`), as
+        timm's ``forward_head(x, pre_logits=True)`` gives the features before the classifier."""
+        z = self.level_features(x)
+        if pre_logits:
+            return z
         logits = [head(z_l) for head, z_l in zip(self.heads, z, strict=True)]  # (B, n_l) each
         return HRNOutput(
-            sigmoid=[t.sigmoid() for t in logits], logits=logits, leaf_logits=self.leaf_head(z[-1])
+            level_probs=[t.sigmoid() for t in logits], level_logits=logits, leaf_logits=self.leaf_head(z[-1])
         )
 
     def forward(self, images: torch.Tensor) -> HRNOutput:

@@ -270,8 +270,8 @@ class TrunkNetwork(nn.Module):
         options = {k: settings[k] for k in TRUNK_OPTIONS if k in settings}
         return cls(hierarchy, build_trunk(trunk, pretrained, weights, **options), **settings)
 
-    def trunk_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, C, h, w)."""
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The trunk's feature map, as timm's ``forward_features``: (B, 3, H, W) -> (B, C, h, w)."""
         return self.trunk(images)
 
     def feature_layers(self, kind: str = "trunk") -> list[tuple[nn.Module, Callable | None]]:

@@ -12,9 +12,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from hrn.atomic import atomic_write_bytes
 
-__all__ = ["RNG_KEY", "AtomicCheckpointIO", "rng_states", "set_rng_states"]
-
-RNG_KEY = "hrn_rng"  # Python, NumPy and torch random states at save time, restored when training resumes
+__all__ = ["AtomicCheckpointIO", "rng_states", "set_rng_states"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

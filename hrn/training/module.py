@@ -15,13 +15,13 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from hrn.checkpoints import CHECKPOINT_KEY
 from hrn.data.augment import normalize
 from hrn.data.base import Batch
+from hrn.description import CHECKPOINT_KEY, RNG_KEY, ModelDescription
 from hrn.errors import HRNError
 from hrn.losses import HierarchicalLoss
 from hrn.metrics import HierarchicalMetrics, level_predictions
-from hrn.training.checkpointing import RNG_KEY, rng_states, set_rng_states
+from hrn.training.checkpointing import rng_states, set_rng_states
 from hrn.tree import Hierarchy, TreeProbabilities, check_tree_scores
 
 __all__ = ["HRNModule", "NonFiniteError", "ResumeError", "StaticCompiled"]
@@ -71,8 +71,9 @@ class HRNModule(L.LightningModule):
             ``lr_scale`` that multiplies the optimiser's learning rate (trunk 10x smaller in the paper). None for
             a module that only evaluates (``hrn.evaluate``).
         scheduler: ``scheduler(optimizer) -> LRScheduler`` stepped once per epoch, or None.
-        description: plain data saved in the checkpoint beside the tree (net settings, transforms), so a
-            checkpoint describes itself.
+        description: what the model says of itself (:class:`~hrn.description.ModelDescription`: network and
+            loss settings, transform sizes, dataset, calibration), written into every checkpoint with this
+            module's tree and tree scores, so a checkpoint describes itself. None: the tree and tree scores only.
         compile: run the network through ``torch.compile`` (``compile=true``): one static-shape graph for
             training and one for evaluation, partial batches eager (:class:`StaticCompiled`).
         channels_last: keep the network's weights and its input batches in channels-last memory format
@@ -99,7 +100,7 @@ class HRNModule(L.LightningModule):
         hierarchy: Hierarchy,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        description: dict | None = None,
+        description: ModelDescription | None = None,
         compile: bool = False,
         channels_last: bool = False,
         threshold: float = 0.0,
@@ -118,7 +119,6 @@ class HRNModule(L.LightningModule):
         self.hierarchy = hierarchy
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.description = dict(description or {})
         self.num_levels = hierarchy.num_levels
         # (L, N): the level-l class implied by each label, -1 when the label is coarser than level l.
         self.register_buffer("ancestor_at_level", hierarchy.ancestor_at_level, persistent=False)
@@ -143,6 +143,9 @@ class HRNModule(L.LightningModule):
         self.coarse_from_leaf = self.tree_scores == "leaf"
         self.leaf_offset = hierarchy.offsets[-2]
         self.probabilities = TreeProbabilities.calibrated(hierarchy, calibration)
+        self.description = (description or ModelDescription(tree=hierarchy)).replace(
+            tree=hierarchy, tree_scores=self.tree_scores
+        )
 
     def forward(self, images: torch.Tensor):
         return self.net(images)
@@ -161,7 +164,7 @@ class HRNModule(L.LightningModule):
         """(B, L) local class predicted at each level: the paper's heads, or the leaf prediction's ancestors."""
         if self.coarse_from_leaf:
             return self.ancestor_at_level[:, output.leaf_logits.argmax(1) + self.leaf_offset].T
-        return level_predictions(output.sigmoid, output.leaf_logits)
+        return level_predictions(output.level_probs, output.leaf_logits)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         images, targets = batch[0], batch[1]
@@ -194,7 +197,7 @@ class HRNModule(L.LightningModule):
             preds = self.level_predictions(output)  # (B, L)
             for lvl in range(self.num_levels):
                 self.train_metrics[f"acc_l{lvl + 1}"](preds[:, lvl], level_targets[lvl])
-            self.train_metrics["acc_leaf_sigmoid"](output.sigmoid[-1].argmax(1), level_targets[-1])
+            self.train_metrics["acc_leaf_sigmoid"](output.level_probs[-1].argmax(1), level_targets[-1])
             for name, metric in self.train_metrics.items():
                 self.log(
                     f"train/{name}",
@@ -208,7 +211,7 @@ class HRNModule(L.LightningModule):
             with torch.no_grad():
                 marginals = self.probabilities.node_probabilities(output, self.tree_scores)
             self.eval_metrics[stage].update(
-                output.sigmoid,
+                output.level_probs,
                 output.leaf_logits,
                 marginals,
                 targets,
@@ -261,11 +264,7 @@ class HRNModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_KEY] = {
-            "tree": self.hierarchy.to_dict(),
-            "tree_scores": self.tree_scores,
-            **self.description,
-        }
+        checkpoint[CHECKPOINT_KEY] = self.description.to_dict()
         # Lightning restores weights, optimiser, scheduler and loop counters, but not the random generators that
         # decide the next epoch's shuffling and augmentations; keep them so a resumed run repeats an unbroken one.
         checkpoint[RNG_KEY] = rng_states()
@@ -274,7 +273,7 @@ class HRNModule(L.LightningModule):
         saved = (
             checkpoint.get(CHECKPOINT_KEY, {}).get("data", {}).get("protocol", {}).get("train_labels_sha256")
         )
-        now = self.description.get("data", {}).get("protocol", {}).get("train_labels_sha256")
+        now = self.description.data.get("protocol", {}).get("train_labels_sha256")
         if saved and now and saved != now:
             raise ResumeError(
                 "the checkpoint was trained on other training labels than this run's (relabel_ratio, relabel.order, "
