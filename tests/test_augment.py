@@ -8,6 +8,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import filelock
 import numpy as np
 import pytest
 import torch
@@ -148,6 +149,35 @@ def test_cache_is_rebuilt_when_a_file_or_the_size_changes(root, tmp_path):
     assert torch.equal(again(2), decoded_again(2)) and not torch.equal(again(2), cache(2))
     bigger, _ = _cached(root, tmp_path, size=24)
     assert bigger.path(1.0) not in (first, again.path(1.0))
+
+
+def test_cache_is_built_under_a_lock_and_a_build_finished_while_waiting_is_used(root, tmp_path, monkeypatch):
+    cache, decoded = _cached(root, tmp_path)
+    lock_path = cache.path(1.0).with_suffix(".lock")
+    held = []
+    build = cache._build
+
+    def build_and_check_the_lock(scale, path):
+        with pytest.raises(filelock.Timeout):  # a second process (another lock on the file) has to wait
+            filelock.FileLock(lock_path).acquire(timeout=0)
+        held.append(scale)
+        build(scale, path)
+
+    monkeypatch.setattr(cache, "_build", build_and_check_the_lock)
+    cache.prepare({1.0})
+    assert held == [1.0] and torch.equal(cache(1), decoded(1))
+
+    other = np.full((len(decoded), 3, 20, 20), 7, dtype=np.uint8)  # what another process wrote meanwhile
+
+    class FinishedWhileWaiting(filelock.FileLock):
+        def acquire(self, *args, **kwargs):
+            got = super().acquire(*args, **kwargs)
+            np.save(cache.path(0.5), other)
+            return got
+
+    monkeypatch.setattr("hrn.data.cache.FileLock", FinishedWhileWaiting)
+    cache.prepare({0.5})
+    assert held == [1.0] and torch.equal(cache(2, 0.5), torch.from_numpy(other[2]))
 
 
 def test_cache_without_room_is_one_line(root, tmp_path, monkeypatch):

@@ -153,9 +153,16 @@ def test_pretrained_offline_says_how_to_fix(monkeypatch):
         build_trunk("resnet50", pretrained=True)
 
 
-def test_trunk_channels_table_matches_torchvision():
-    for name, channels in TRUNKS.items():
-        assert getattr(torchvision.models, name)().fc.in_features == channels
+def test_every_torchvision_trunk_says_the_channels_of_the_map_it_gives():
+    # the map itself is the oracle: C read off the model must be what the GSBs receive (512 for the basic-block
+    # ResNets, 2048 for the bottleneck ones, as in the ResNet paper's table 1)
+    expected = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
+    assert set(TRUNKS) == set(expected)
+    for name in TRUNKS:
+        trunk = build_trunk(name)
+        with torch.no_grad():
+            out = trunk.module.eval()(torch.zeros(1, 3, 64, 64))
+        assert trunk.channels == out.shape[1] == expected[name], name
 
 
 def test_scores_of_the_leaf_source_are_refused():

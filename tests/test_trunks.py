@@ -38,14 +38,22 @@ def tree():
 
 @pytest.mark.parametrize(
     ("name", "size", "channels", "reduction", "side"),
-    [(CONVNET, 64, 320, 32, 2), (VIT, 32, 192, 16, 2), (VIT, 64, 192, 16, 4)],
+    [
+        (CONVNET, 64, 320, 32, 2),
+        ("timm:efficientnet_b0", 64, 1280, 32, 2),  # forward_features ends in the 1280-channel head conv
+        (VIT, 32, 192, 16, 2),
+        (VIT, 64, 192, 16, 4),
+    ],
 )
 def test_timm_trunks_give_an_nchw_map_with_timms_channels(name, size, channels, reduction, side):
     trunk = build_trunk(name, image_size=size)
     assert isinstance(trunk.module, TimmTrunk) and trunk.module.intermediates == (name == VIT)
     assert (trunk.channels, trunk.reduction, trunk.map_side(size)) == (channels, reduction, side)
     model = trunk.module.model
-    assert trunk.channels == model.feature_info[-1]["num_chs"]  # C from timm's feature_info
+    if name == VIT:  # the last block's map: C from timm's feature_info
+        assert trunk.channels == model.feature_info[-1]["num_chs"]
+    else:  # forward_features' map: C is timm's num_features (EfficientNet's feature_info ends at 320, before it)
+        assert trunk.channels == model.num_features
     with torch.no_grad():
         assert trunk.module(torch.randn(2, 3, size, size)).shape == (2, channels, side, side)
 

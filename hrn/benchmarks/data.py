@@ -5,7 +5,6 @@ as PNG files)."""
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from hrn.benchmarks.timing import interleaved
+from hrn.benchmarks.timing import measure
 from hrn.data.augment import normalize, reference_train_transform
 from hrn.data.base import DataError
 from hrn.data.files import ImageFiles
@@ -114,9 +113,7 @@ def bench_data(quick: bool, device: torch.device, workers: int | None = None) ->
             )  # fmt: skip
             rows.append({"path": "pil_float", "workers": w, "images_per_s": loader_rate(previous, epochs)})
         images = next(iter(data.loader("train"))).images.to(device)
-        seconds = statistics.median(
-            r["t"] for r in interleaved({"t": lambda: normalize(images)}, 3 if quick else 10, device)
-        )
+        seconds = measure(lambda: normalize(images), min_run_time=0.02 if quick else 0.2).median
     by = {(r["path"], r["workers"]): r["images_per_s"] for r in rows}
     return {
         "images": count,

@@ -37,6 +37,7 @@ __all__ = [
     "resolve_matmul_precision",
 ]
 
+
 class MissingPackageError(HRNError):
     """A selected option needs a package that is not installed."""
 

@@ -9,13 +9,12 @@ A cache file is named by a digest of what it holds: the image size S, the downsa
 protocol's images are cached at their scale, the whole split at once so any relabel choice reuses them) and
 each file's path, size and modification time. A changed, added or removed image, or another size, gives
 another name and so a fresh cache; nothing stale is ever read. Files are built under a temporary name and
-renamed, behind a lock, so parallel processes (DDP ranks, sweep jobs) build a cache once and never read a
-half-written one. Delete the folder to reclaim the space.
+renamed, behind a lock (``filelock``: fcntl on POSIX, msvcrt on Windows), so parallel processes (DDP ranks,
+sweep jobs) build a cache once and never read a half-written one. Delete the folder to reclaim the space.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 
 from hrn.data.base import DataError, ImageSource, usable_workers
@@ -114,9 +114,8 @@ class CachedFiles(ImageSource):
             if path.is_file():
                 continue
             self.folder.mkdir(parents=True, exist_ok=True)
-            with open(path.with_suffix(".lock"), "w") as lock:
-                # another process may be building it: wait, then use its file
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            # another process may be building it: wait, then use its file
+            with FileLock(path.with_suffix(".lock")):
                 if not path.is_file():
                     self._build(scale, path)
 

@@ -3,6 +3,11 @@
 An IDX file is a 4-byte magic number ``0x0000TTDD`` (TT the element type, 0x08 = uint8; DD the number of
 dimensions), DD big-endian int32 sizes, then the payload in C order. Images are ``0x00000803`` (N, H, W), labels
 ``0x00000801`` (N,). Every way a file can be wrong raises one :class:`~hrn.data.base.DataError` line naming it.
+
+Not torchvision's ``read_image_file`` / ``read_label_file``: they open a plain file by path only (no gzip, which
+the Debian package and torchvision's own downloads ship), and a wrong file gives a bare ``AssertionError`` (gone
+under ``python -O``) or a reshape error that names no file. The header checks below would stay in any case; what
+torchvision would replace is the one ``frombuffer`` line, at the price of decompressing into a temporary file.
 """
 
 from __future__ import annotations
@@ -28,17 +33,18 @@ def _file_bytes(path: Path) -> bytes:
     """The file's bytes, decompressed when they are a gzip stream. Decided by content, not by name: a browser
     may have decompressed a ``.gz`` download and kept its name."""
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the file ({e.strerror or e})") from None
-    if not raw.startswith(GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:  # a bad header, a cut-off stream, a CRC mismatch
+        with open(path, "rb") as f:
+            compressed = f.read(2) == GZIP_MAGIC
+        if not compressed:
+            return path.read_bytes()
+        with gzip.open(path) as stream:  # streamed: the compressed bytes are never all in memory
+            return stream.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # a bad header, a cut-off stream, a CRC mismatch
         raise DataError(
             f"{path}: cannot decompress the gzip file ({e}); the download is incomplete or damaged, fetch it again"
         ) from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e.strerror or e})") from None
 
 
 def read_idx(path: str | Path, magic: int) -> torch.Tensor:

@@ -1,9 +1,16 @@
 """timm models as trunks (``model.trunk=timm:<name>``): any timm model that yields a feature map.
 
-ConvNets go through ``forward_features`` (an NCHW map of ``num_features`` channels); ViT, DeiT, EVA, Swin and
-other models whose features are tokens or NHWC go through ``forward_intermediates(output_fmt="NCHW")``, the last
-block's map, with C from ``feature_info``. Which one a model takes is read off one forward pass at build time.
-Models with a fixed grid of position embeddings are built for the dataset's crop (``image_size``).
+ConvNets go through ``forward_features`` (an NCHW map of ``num_features`` channels: for EfficientNets and
+MobileNets that is after the head convolution, 1280 channels for efficientnet_b0, where ``feature_info``'s last
+entry is the last block's 320); ViT, DeiT, EVA, Swin and other models whose features are tokens or NHWC go through
+``forward_intermediates(output_fmt="NCHW")``, the last block's map, of ``feature_info[-1]["num_chs"]`` channels.
+
+C comes from timm's metadata; one forward pass at build time (a zero image at the dataset's crop) is still needed
+for what the metadata does not say: which of the two a model takes (timm declares no layout for
+``forward_features``: (B, N, C) tokens for a ViT, NHWC for a Swin, NCHW for a ConvNet) and the side of the map at
+that crop (``feature_info``'s reduction is nominal: inception_v3 gives 5x5 at 224 px where 224/32 says 7, 1x1 at
+96 px where it says 3, and a 1x1 map must be warned about). Models with a fixed grid of position embeddings are
+built for the dataset's crop (``image_size``).
 
 Shapes: B = batch, C = the trunk's channels, h x w = its feature map.
 """
@@ -18,10 +25,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hrn.nets.trunks import TIMM_PREFIX as PREFIX
-from hrn.nets.trunks import ModelError, read_state_dict
+from hrn.nets.weights import ModelError, first_line, read_state_dict
 
-__all__ = ["TimmTrunk", "build_timm_trunk", "load_weights_file"]
+__all__ = ["TIMM_PREFIX", "TimmTrunk", "build_timm_trunk", "load_weights_file"]
+
+TIMM_PREFIX = "timm:"  # model.trunk=timm:<name>
 
 
 class TimmTrunk(nn.Module):
@@ -84,15 +92,16 @@ def _create(timm, name: str, pretrained: bool, image_size: int | None) -> nn.Mod
 
 
 def load_weights_file(model: nn.Module, path: str | Path, what: str) -> None:
-    """Load a weights file (:func:`hrn.nets.trunks.read_state_dict`) into ``model``: every key of the model must be
+    """Load a weights file (:func:`hrn.nets.weights.read_state_dict`) into ``model``: every key of the model must be
     there with its shape; keys the model has not (a classifier, for one) are ignored. One line naming the file
     otherwise."""
     state = read_state_dict(path, f"a state dict of {what}")
     try:
         missing, _ = model.load_state_dict(state, strict=False)
     except Exception as e:  # noqa: BLE001 - weights of other shapes
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"model.weights={path}: not a state dict of {what} ({first[:200]})") from None
+        raise ModelError(
+            f"model.weights={path}: not a state dict of {what} ({first_line(e)[:200]})"
+        ) from None
     if missing:
         raise ModelError(
             f"model.weights={path}: not a state dict of {what}: {len(missing)} of its weights are missing "
@@ -111,10 +120,14 @@ def build_timm_trunk(
     """
     import timm
 
-    spec = f"model.trunk={PREFIX}{name}"
+    spec = f"model.trunk={TIMM_PREFIX}{name}"
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        hint = f"did you mean {', '.join(PREFIX + c for c in close)}?" if close else "see timm.list_models()"
+        hint = (
+            f"did you mean {', '.join(TIMM_PREFIX + c for c in close)}?"
+            if close
+            else "see timm.list_models()"
+        )
         raise ModelError(f"{spec}: timm has no model {name!r} ({hint})")
     try:
         model = _create(timm, name, pretrained and weights is None, image_size)
@@ -134,6 +147,7 @@ def build_timm_trunk(
     with torch.no_grad():
         model.eval()
         features = model.forward_features(probe)
+        # an NCHW map of num_features channels (timm's documented width of forward_features) is a ConvNet's map
         intermediates = not (features.dim() == 4 and features.shape[1] == model.num_features)
         trunk = TimmTrunk(model, intermediates)
         if intermediates:
@@ -142,6 +156,7 @@ def build_timm_trunk(
                     f"{spec}: the model gives no feature map (features of shape {tuple(features.shape)}); use a "
                     "ConvNet (forward_features) or a ViT-style model (forward_intermediates)"
                 )
-            features = trunk(probe)
+            features = trunk(probe)  # the map's side at this crop
     model.train(was_training)
-    return trunk, int(features.shape[1]), max(1, round(side / features.shape[-1]))
+    channels = model.feature_info[-1]["num_chs"] if intermediates else model.num_features
+    return trunk, int(channels), max(1, round(side / features.shape[-1]))

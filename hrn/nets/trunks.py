@@ -21,7 +21,8 @@ import torch
 import torchvision
 from torch import nn
 
-from hrn.errors import HRNError
+from hrn.nets.timm_trunk import TIMM_PREFIX, build_timm_trunk
+from hrn.nets.weights import ModelError, first_line, read_state_dict
 from hrn.tree import Hierarchy
 
 __all__ = [
@@ -32,21 +33,12 @@ __all__ = [
     "TrunkNetwork",
     "build_trunk",
     "read_state_dict",
-    "trunk_channels",
     "trunk_param_groups",
 ]
 
-# Torchvision trunks and their output channels C. The GSB width F defaults to C / 2 (1024 for ResNet-50, the
-# authors' value), so the heads scale with the trunk.
-TRUNKS: dict[str, int] = {
-    "resnet18": 512,
-    "resnet34": 512,
-    "resnet50": 2048,
-    "resnet101": 2048,
-    "resnet152": 2048,
-}
-
-TIMM_PREFIX = "timm:"  # model.trunk=timm:<name>
+# The torchvision trunks; their channels C are read off the built model (the classifier's in_features). The GSB
+# width F defaults to C / 2 (1024 for ResNet-50, the authors' value), so the heads scale with the trunk.
+TRUNKS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 STEMS = ("standard", "small")
 """``model.stem`` of a ResNet trunk: ``standard`` (torchvision's 7x7 stride-2 convolution and max-pool: maps of H/32,
@@ -54,10 +46,6 @@ the paper's), ``small`` (a 3x3 convolution of stride ``model.stem_stride`` 1 or 
 ResNets: maps of H/8 or H/16, so that 32 px images still leave the GSBs a map to convolve)."""
 
 log = logging.getLogger(__name__)
-
-
-class ModelError(HRNError):
-    """A model setting the package cannot use; one line that says how to fix it."""
 
 
 @dataclass
@@ -87,16 +75,6 @@ class Trunk:
         return math.ceil(image_size / self.reduction)
 
 
-def trunk_channels(name: str) -> int:
-    """C, the output channels of the torchvision trunk ``name``; one line listing the valid trunks for an unknown
-    name."""
-    if name not in TRUNKS:
-        raise ModelError(
-            f"unknown trunk {name!r}; valid trunks: {', '.join(TRUNKS)}, or any timm model as timm:<name>"
-        )
-    return TRUNKS[name]
-
-
 def _state_dict(name: str, pretrained: bool, weights: str | Path | None) -> dict | None:
     """The torchvision state dict to start ``name`` from: a file (``weights``), torchvision's original ImageNet-1k
     weights (``pretrained``, ``IMAGENET1K_V1`` as the paper), or None (random initialisation)."""
@@ -113,33 +91,6 @@ def _state_dict(name: str, pretrained: bool, weights: str | Path | None) -> dict
                 "or model.pretrained=false"
             ) from None
     return None
-
-
-def read_state_dict(path: str | Path, what: str) -> dict:
-    """The state dict in a weights file (``model.weights``): a ``.safetensors`` file, or a torch file read with the
-    safe unpickler (a ``{"state_dict": ...}`` wrapper unwrapped); one line naming the file and ``what`` it should
-    hold otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model.weights={path}: file not found (expected {what})")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure here means "not a usable state dict"
-        raise ModelError(f"model.weights={path}: not {what} ({_first_line(e)[:200]})") from None
-    return (
-        state["state_dict"]
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict)
-        else state
-    )
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _small_stem(net: nn.Module, stride: int) -> None:
@@ -175,21 +126,23 @@ def build_trunk(
     if name.startswith(TIMM_PREFIX):
         if stem != "standard":  # a dataset's recipe may pick the small stem for its ResNet
             log.info("model.stem=%s is for ResNet trunks; %s keeps its own stem", stem, name)
-        from hrn.nets.timm_trunk import build_timm_trunk  # timm is imported only for a timm trunk
-
         module, channels, reduction = build_timm_trunk(
             name[len(TIMM_PREFIX) :], pretrained, weights, image_size
         )
         return Trunk(name, module, channels, reduction)
-    channels = trunk_channels(name)
+    if name not in TRUNKS:
+        raise ModelError(
+            f"unknown trunk {name!r}; valid trunks: {', '.join(TRUNKS)}, or any timm model as timm:<name>"
+        )
     net = getattr(torchvision.models, name)(weights=None)
+    channels = net.fc.in_features  # what the dropped classifier took: the last stage's channels
     state = _state_dict(name, pretrained, weights)
     if state is not None:
         try:
             net.load_state_dict(state)
         except Exception as e:  # noqa: BLE001 - any failure here means "not a usable state dict"
             where = f"model.weights={weights}" if weights is not None else f"the ImageNet weights of {name}"
-            raise ModelError(f"{where}: not a torchvision {name} state dict ({_first_line(e)})") from None
+            raise ModelError(f"{where}: not a torchvision {name} state dict ({first_line(e)})") from None
     reduction = 32
     if stem == "small":
         _small_stem(net, stem_stride)
