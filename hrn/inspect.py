@@ -7,11 +7,10 @@ training images were relabelled and degraded (:meth:`hrn.data.base.DataSplits.su
 
 from __future__ import annotations
 
-import json
-
 import hydra
 from omegaconf import DictConfig
 
+from hrn.atomic import json_text
 from hrn.cli.build import build_data
 from hrn.cli.config import CONF_DIR, apply_ratio_settings
 from hrn.cli.entry import run_command
@@ -23,8 +22,15 @@ __all__ = ["main"]
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    print(json.dumps(build_data(apply_ratio_settings(cfg)).summary()))
+    print(json_text(build_data(apply_ratio_settings(cfg)).summary()))
 
 
 if __name__ == "__main__":
-    run_command(main, "inspect", __doc__, config="train")
+    # inspect writes nothing: no run folder, no .hydra/, no log file (its one JSON line on stdout, logs on stderr)
+    run_command(
+        main,
+        "inspect",
+        __doc__,
+        config="train",
+        extra=["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=stderr"],
+    )

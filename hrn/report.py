@@ -42,15 +42,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReportError as e:
         print(f"hrn: error: {e}", file=sys.stderr)
         return 2
-    failed = sum(r.status == "failed" for r in runs)
-    smoke = sum(r.status == "smoke" for r in runs)
+    count = {
+        status: sum(r.status == status for r in runs)
+        for status in ("ok", "failed", "rejected", "unreadable", "smoke")
+    }
     print(accuracy_table(runs))
     print()
     print(
-        f"{len(runs)} runs, {len(runs) - failed - smoke} finished, {failed} failed or unfinished"
-        + (f", {smoke} smoke tests (trainer.fast_dev_run, never averaged)" if smoke else "")
+        f"{len(runs)} runs, {count['ok']} finished, {count['failed']} failed or unfinished"
+        + (f", {count['rejected']} rejected (bad settings or data)" if count["rejected"] else "")
+        + (f", {count['unreadable']} unreadable" if count["unreadable"] else "")
+        + (f", {count['smoke']} smoke tests (trainer.fast_dev_run, never averaged)" if count["smoke"] else "")
         + " (listed in results.md)"
     )
+    for r in runs:
+        if r.status in ("rejected", "unreadable"):
+            print(f"{r.status}: {r.shown}: {r.reason}", file=sys.stderr)
     for path in paths:
         print(f"wrote {path}")
     return 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -25,6 +25,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf import DictConfig, OmegaConf
 
 from hrn.cli.config import CONF_DIR
+from hrn.cli.errors import sweep_failures
 
 __all__ = ["CommandLineError", "check_command_line", "command_help", "run_command"]
 
@@ -227,6 +228,9 @@ def check_command_line(command: str, config: str, argv: list[str], doc: str = ""
         return
     multirun = "-m" in flags or "--multirun" in flags
     searchpath = flags.get("--config-dir", []) + flags.get("-cd", [])
+    for folder in searchpath:
+        if not Path(folder).expanduser().is_dir():
+            raise CommandLineError(f"--config-dir {folder}: no such folder (a folder of your own configs)")
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as e:
@@ -279,11 +283,20 @@ def check_command_line(command: str, config: str, argv: list[str], doc: str = ""
         raise CommandLineError(f"{missing[0]} is required; usage: {_usage(command, config, doc)}")
 
 
-def run_command(main: Callable[[], None], command: str, doc: str, config: str | None = None) -> None:
-    """Check the command line (:func:`check_command_line`), then run the Hydra ``main`` of the command."""
+def run_command(
+    main: Callable[[], None], command: str, doc: str, config: str | None = None, extra: Sequence[str] = ()
+) -> None:
+    """Check the command line (:func:`check_command_line`), then run the Hydra ``main`` of the command, with the
+    overrides ``extra`` after the user's (a command that writes no run folder says so there). A sweep with failed
+    jobs exits with status 1 once every job has run."""
     try:
         check_command_line(command, config or command, sys.argv[1:], doc)
     except CommandLineError as e:
         print(f"hrn: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    sweep_failures(clear=True)
+    if extra:
+        sys.argv = [*sys.argv, *extra]
     main()
+    if sweep_failures(clear=True):
+        raise SystemExit(1)

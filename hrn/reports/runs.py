@@ -71,10 +71,15 @@ class Run:
     reason: str = ""  # why a run counts as failed
     overrides: list[str] = field(default_factory=list)
     smoke: bool = False  # a trainer.fast_dev_run smoke test: one batch, its metrics mean nothing
+    problem: str = ""  # "rejected" (its settings refused in one line), "unreadable" (its Hydra files), or ""
 
     @property
     def status(self) -> str:
-        """``ok`` (finished: its metrics count), ``failed`` (no readable metrics.json) or ``smoke``."""
+        """``ok`` (finished: its metrics count), ``smoke``, ``rejected`` (the command refused its settings or data:
+        the job's ``failed.json`` says so), ``unreadable`` (its ``.hydra`` files cannot be read) or ``failed``
+        (it broke, or wrote no readable metrics.json)."""
+        if self.problem:
+            return self.problem
         if self.smoke:
             return "smoke"
         return "ok" if self.metrics is not None else "failed"
@@ -158,9 +163,40 @@ def _read_metrics(path: Path) -> tuple[dict[str, float] | None, str]:
     return metrics, ""
 
 
+FAILED = "failed.json"  # what a failed job of a sweep leaves (hrn.cli.errors): its kind and error
+
+
+def _failure(run_dir: Path) -> tuple[str, str]:
+    """The ``kind`` and ``error`` of a run's ``failed.json`` (empty when there is none or it cannot be read)."""
+    try:
+        record = json.loads((run_dir / FAILED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "", ""
+    if not isinstance(record, dict):
+        return "", ""
+    return str(record.get("kind") or "failed"), str(record.get("error") or "")
+
+
 def load_run(run_dir: Path, shown: str | None = None) -> Run:
-    """Read one run directory: its overrides, relabel ratio and seed, and metrics (None when unfinished)."""
-    run_dir = Path(run_dir)
+    """Read one run directory: its overrides, relabel ratio and seed, and metrics (None when unfinished). A run
+    whose Hydra files cannot be read is kept, as ``unreadable`` with the reason: one bad folder never hides the
+    others."""
+    try:
+        return _load_run(Path(run_dir), shown)
+    except ReportError as e:
+        return Run(
+            path=Path(run_dir),
+            shown=str(shown if shown is not None else run_dir),
+            method="?",
+            relabel_ratio=None,
+            seed=None,
+            metrics=None,
+            reason=str(e),
+            problem="unreadable",
+        )
+
+
+def _load_run(run_dir: Path, shown: str | None) -> Run:
     hydra_dir = run_dir / ".hydra"
     overrides = _read_yaml(hydra_dir / "overrides.yaml") or []
     if not isinstance(overrides, list):
@@ -173,6 +209,9 @@ def load_run(run_dir: Path, shown: str | None = None) -> Run:
     seed = _number(config.get("seed"), cfg_path, "seed", int)
     metrics, reason = _read_metrics(run_dir / "metrics.json")
     smoke = bool((config.get("trainer") or {}).get("fast_dev_run"))
+    kind, error = _failure(run_dir)
+    if kind:
+        metrics, reason = None, error or reason
     return Run(
         path=run_dir,
         shown=str(shown if shown is not None else run_dir),
@@ -180,9 +219,10 @@ def load_run(run_dir: Path, shown: str | None = None) -> Run:
         relabel_ratio=ratio,
         seed=seed,
         metrics=metrics,
-        reason="trainer.fast_dev_run: a smoke test of one batch" if smoke else reason,
+        reason="trainer.fast_dev_run: a smoke test of one batch" if smoke and not kind else reason,
         overrides=[str(o) for o in overrides],
         smoke=smoke,
+        problem="rejected" if kind == "rejected" else "",
     )
 
 

@@ -97,13 +97,18 @@ def markdown(runs: list[Run], sources: Sequence[str] = ()) -> str:
     """``results.md``: the accuracy table, the other metrics, the failed or unfinished runs."""
     ok = [r for r in runs if r.status == "ok"]
     failed = [r for r in runs if r.status == "failed"]
+    rejected = [r for r in runs if r.status == "rejected"]
+    unreadable = [r for r in runs if r.status == "unreadable"]
     smoke = [r for r in runs if r.status == "smoke"]
     where = f" under {', '.join(f'`{s}`' for s in sources)}" if sources else ""
     smoke_note = f", {len(smoke)} smoke tests (`trainer.fast_dev_run`, never averaged)" if smoke else ""
+    other_note = (f", {len(rejected)} rejected" if rejected else "") + (
+        f", {len(unreadable)} unreadable" if unreadable else ""
+    )
     lines = [
         "# Results",
         "",
-        f"{len(runs)} runs{where}: {len(ok)} finished, {len(failed)} failed or unfinished{smoke_note}. "
+        f"{len(runs)} runs{where}: {len(ok)} finished, {len(failed)} failed or unfinished{other_note}{smoke_note}. "
         "Each cell is the mean ± sample standard deviation (n − 1) over the finished seeds; "
         "`(n=k)` marks a cell with fewer finished seeds than the fullest one; a single seed shows its value alone; "
         "`n=0`: runs there, none finished with that metric; `–`: no runs.",
@@ -146,6 +151,13 @@ def markdown(runs: list[Run], sources: Sequence[str] = ()) -> str:
             )
     else:
         lines.append("None: every run wrote metrics.json.")
+    for title, group in (
+        ("Rejected runs (the command refused their settings or data)", rejected),
+        ("Unreadable runs (their .hydra files)", unreadable),
+    ):
+        if group:
+            lines += ["", f"## {title}", "", "| run | why |", "|---|---|"]
+            lines += [f"| `{_escape(r.shown)}` | {_escape(r.reason)} |" for r in group]
     if smoke:
         lines += ["", "## Smoke tests (`trainer.fast_dev_run`), never averaged", ""]
         lines += [f"- `{_escape(r.shown)}` {_method_cell(r.method)}" for r in smoke]

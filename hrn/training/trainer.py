@@ -63,5 +63,8 @@ def fit_and_test(
         keep_csv_logs(trainer.loggers)
     trainer.fit(module, data.loader("train"), data.loader("val"), ckpt_path=ckpt_path, **load_settings(trust))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    results = trainer.test(module, data.loader("test"), ckpt_path=best or None, **load_settings(False))
+    # verbose=False: the command prints its own table of the results; Lightning's would repeat them on stdout
+    results = trainer.test(
+        module, data.loader("test"), ckpt_path=best or None, verbose=False, **load_settings(False)
+    )
     return {k: float(v) for k, v in results[0].items()}, best
