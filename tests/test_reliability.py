@@ -21,7 +21,8 @@ from hrn.cli.config import CONF_DIR
 from hrn.losses import LossTerms
 from hrn.train import train
 from hrn.training import AtomicCheckpointIO, HRNModule, NonFiniteError
-from tests.test_train import TINY
+from hrn.training.module import NONFINITE_PATIENCE, SCALER_CHECK_EVERY
+from tests.fixtures import TINY
 
 
 @pytest.fixture
@@ -197,3 +198,63 @@ def test_resume_with_other_training_labels_is_refused(tmp_path):
     other = _train_cli(run, "ckpt_path=last", "seed=8", "trainer.max_epochs=2")
     assert other.wait(timeout=600) == 2
     assert "trained on other training labels" in other.stderr.read().strip().splitlines()[-1]
+
+
+class ScaledLoss(CompositeLoss):
+    """The composite loss times ``factor`` on the calls in ``calls`` (1-based), NaN from ``nan_from`` on."""
+
+    def __init__(self, h, calls=(), factor: float = 1e30, nan_from: int | None = None) -> None:
+        super().__init__(h)
+        self.n, self.calls, self.factor, self.nan_from = 0, set(calls), factor, nan_from
+
+    def forward(self, output, targets):
+        terms = super().forward(output, targets)
+        self.n += 1
+        if self.nan_from is not None and self.n >= self.nan_from:
+            return LossTerms(terms.total * float("nan"), terms.terms)
+        if self.n in self.calls:
+            return LossTerms(terms.total * self.factor, terms.terms)
+        return terms
+
+
+def _fit_scaled(h, loss, tmp_path, steps):
+    """A run under 16-bit mixed precision with a real GradScaler, on the CPU (Lightning gives a CPU run none)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    net = HRN(h, trunk="resnet18", width=16, dim=8)
+    module = HRNModule(net, loss, h, functools.partial(torch.optim.SGD, lr=0.01))
+    data = DataLoader(TensorDataset(torch.randn(8, 3, 32, 32), torch.tensor([5, 6, 7, 8] * 2)), batch_size=4)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
+        plugins=[AtomicCheckpointIO(), MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+    )
+    trainer.fit(module, data)
+    return module, scaler, trainer
+
+
+def test_an_overflowing_step_under_a_grad_scaler_is_skipped_not_fatal(tree, tmp_path):
+    """Steps 2 and 3 overflow float16 (the loss times 1e30): the scaler skips them and halves its scale twice;
+    the run goes on to its last step with finite weights, where the fp32 guard would have stopped it."""
+    module, scaler, trainer = _fit_scaled(tree, ScaledLoss(tree, calls=(2, 3)), tmp_path, steps=6)
+    assert trainer.global_step == 6 and scaler.get_scale() <= 2.0**14  # halved at least for the two
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_a_loss_that_stays_nan_under_a_grad_scaler_stops_with_the_step(tree, tmp_path):
+    with pytest.raises(
+        NonFiniteError, match=r"^step \d+: the loss has not been finite for 1\d steps in a row"
+    ) as e:
+        _fit_scaled(tree, ScaledLoss(tree, nan_from=3), tmp_path, steps=40)
+    step = int(str(e.value).split()[1].rstrip(":"))
+    assert step <= 3 + NONFINITE_PATIENCE + SCALER_CHECK_EVERY  # read within one check interval
+    state = torch.load(tmp_path / "checkpoints" / f"last-good-step{step}.ckpt", weights_only=True)[
+        "state_dict"
+    ]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())  # skipped steps

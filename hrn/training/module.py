@@ -24,11 +24,30 @@ from hrn.metrics import HierarchicalMetrics, level_predictions
 from hrn.training.checkpointing import rng_states, set_rng_states
 from hrn.tree import Hierarchy, TreeProbabilities, check_tree_scores
 
-__all__ = ["HRNModule", "NonFiniteError", "ResumeError", "StaticCompiled"]
+__all__ = [
+    "MIN_GRAD_SCALE",
+    "NONFINITE_PATIENCE",
+    "SCALER_CHECK_EVERY",
+    "HRNModule",
+    "NonFiniteError",
+    "ResumeError",
+    "StaticCompiled",
+]
+
+NONFINITE_PATIENCE = 10
+"""Under a GradScaler, the steps in a row with a non-finite loss after which the run stops (a few are normal while
+the scaler finds its scale; a loss that stays NaN is not)."""
+MIN_GRAD_SCALE = 2.0**-8
+"""Under a GradScaler, the scale under which the run stops: from 2^16 it takes 24 overflows in a row with no good
+step between to get here, and gradients scaled that far down underflow in float16."""
+SCALER_CHECK_EVERY = 10
+"""Under a GradScaler, how often (in steps) the guard reads its device-side counter and the scale."""
 
 
 class NonFiniteError(HRNError):
     """A loss term or gradient became NaN or infinite; training stops after saving the last good state."""
+
+    kind = "failed"  # the run started and broke, as opposed to settings refused before it started
 
 
 class ResumeError(HRNError):
@@ -143,6 +162,9 @@ class HRNModule(L.LightningModule):
         self.coarse_from_leaf = self.tree_scores == "leaf"
         self.leaf_offset = hierarchy.offsets[-2]
         self.probabilities = TreeProbabilities.calibrated(hierarchy, calibration)
+        self._nonfinite_streak = torch.zeros(
+            (), dtype=torch.long
+        )  # mixed precision: non-finite losses in a row
         self.description = (description or ModelDescription(tree=hierarchy)).replace(
             tree=hierarchy, tree_scores=self.tree_scores
         )
@@ -230,9 +252,13 @@ class HRNModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
-        finite = torch.stack([v.detach().isfinite() for v in self._last_terms.values()]).tolist()  # one sync
-        bad = [name for name, ok in zip(self._last_terms, finite, strict=True) if not ok]
-        self._stop_if(bool(bad), f"the loss term '{bad[0]}'" if bad else "")
+        scaler = self._grad_scaler()
+        if scaler is not None:  # mixed precision with a GradScaler: count on the device, read every few steps
+            self._nonfinite_streak = torch.where(
+                loss.detach().isfinite(), 0, self._nonfinite_streak.to(loss.device) + 1
+            )
+            if (self.trainer.global_step + 1) % SCALER_CHECK_EVERY == 0:
+                self._check_scaled_run(scaler)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -270,14 +296,21 @@ class HRNModule(L.LightningModule):
         checkpoint[RNG_KEY] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        tree = checkpoint.get(CHECKPOINT_KEY, {}).get("tree")
+        if tree is not None and tree != self.hierarchy.to_dict():
+            raise ResumeError(
+                "the checkpoint was trained on another tree than this run's; resume with the dataset the run "
+                "started with"
+            )
         saved = (
             checkpoint.get(CHECKPOINT_KEY, {}).get("data", {}).get("protocol", {}).get("train_labels_sha256")
         )
         now = self.description.data.get("protocol", {}).get("train_labels_sha256")
         if saved and now and saved != now:
             raise ResumeError(
-                "the checkpoint was trained on other training labels than this run's (relabel_ratio, relabel.order, "
-                "seed or the dataset differ); resume with the settings the run started with"
+                "the checkpoint was trained on other training labels than this run's (on the same tree: "
+                "relabel_ratio, relabel.order, seed or the dataset's images differ); resume with the settings the "
+                "run started with"
             )
         self._resume_rng = checkpoint.get(RNG_KEY)
 
@@ -288,10 +321,19 @@ class HRNModule(L.LightningModule):
             self._resume_rng = None
 
     # ---------------------------------------------------------------- non-finite guard
-    def _stop_if(self, bad: bool, what: str) -> None:
-        """Stop the run, on every process at once, after saving the current (still finite) weights."""
-        if not self.trainer.strategy.reduce_boolean_decision(bad, all=False):
-            return
+    # Without a GradScaler (fp32, bf16-mixed) a non-finite loss or gradient is a real failure: the run stops at that
+    # step, before the optimiser uses it, with the last good weights saved. It costs one read of a device flag per
+    # step and no collective: a non-finite loss makes non-finite gradients, and under DDP every process holds the
+    # same (all-reduced) gradients, so every process decides the same. With a GradScaler (16-mixed), a step whose
+    # scaled gradients overflow is the scaler's business (it skips the step and lowers its scale); the run stops
+    # only when the scale collapses or the loss itself stays non-finite, read every SCALER_CHECK_EVERY steps.
+
+    def _grad_scaler(self):
+        plugin = getattr(self._trainer, "precision_plugin", None) if self._trainer is not None else None
+        return getattr(plugin, "scaler", None)
+
+    def _save_and_stop(self, what: str) -> None:
+        """Stop the run after saving the current (still finite) weights, naming the step and what broke."""
         step = self.trainer.global_step
         callback = self.trainer.checkpoint_callback
         folder = (
@@ -302,12 +344,30 @@ class HRNModule(L.LightningModule):
         path = folder / f"last-good-step{step}.ckpt"
         self.trainer.save_checkpoint(path)
         raise NonFiniteError(
-            f"step {step}: {what} is not finite (NaN or inf); stopped, the last good state is in {path} "
+            f"step {step}: {what}; stopped, the last good state is in {path} "
             "(lower the learning rate, try trainer.gradient_clip_val or check the data)"
         )
 
+    def _check_scaled_run(self, scaler) -> None:
+        streak = int(self._nonfinite_streak)  # the read every SCALER_CHECK_EVERY steps
+        scale = float(scaler.get_scale())
+        what = ""
+        if streak >= NONFINITE_PATIENCE:
+            what = f"the loss has not been finite for {streak} steps in a row (NaN or inf)"
+        elif scale < MIN_GRAD_SCALE:
+            what = (
+                f"the GradScaler's scale collapsed to {scale:.3g} (every step's gradients overflow, so no step "
+                "is taken)"
+            )
+        # the streak is each process's own: decide together, so all stop or none
+        if self.trainer.strategy.reduce_boolean_decision(bool(what), all=False):
+            self._save_and_stop(what or "another process's loss or GradScaler scale is not finite")
+
     def on_before_optimizer_step(self, optimizer) -> None:
-        grads = [p.grad.isfinite().all() for p in self.parameters() if p.grad is not None]
-        self._stop_if(
-            bool(grads) and not bool(torch.stack(grads).all()), "a gradient"
-        )  # one sync, not one a tensor
+        if self._grad_scaler() is not None:
+            return  # the scaler skips an overflowing step itself
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all()):  # one read a step
+            return
+        bad = [name for name, value in self._last_terms.items() if not bool(value.detach().isfinite())]
+        self._save_and_stop(f"the loss term '{bad[0]}' is not finite" if bad else "a gradient is not finite")
