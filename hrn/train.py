@@ -17,18 +17,19 @@ from hrn.cli.build import apply_matmul_precision, build_data, build_loggers, bui
 from hrn.cli.config import CONF_DIR, apply_ratio_settings
 from hrn.cli.entry import run_command
 from hrn.cli.errors import report_errors
+from hrn.description import CHECKPOINT_KEY, CheckpointError, ModelDescription
 from hrn.metrics import level_table
 
-__all__ = ["main", "resume_files", "train"]
+__all__ = ["check_resume", "main", "resume_file", "train"]
 
 
-def resume_files(resume: str | None, trainer) -> list[Path]:
+def resume_file(resume: str | None, trainer) -> Path | None:
     """The checkpoint ``ckpt_path`` names: the file, or for ``last`` the newest ``last*.ckpt`` of the run's
-    checkpoint folder (none when there is none yet: Lightning then starts afresh)."""
+    checkpoint folder; one line when there is none (a resume that silently started afresh would look like one)."""
     if resume is None:
-        return []
+        return None
     if resume != "last":
-        return [Path(resume)]
+        return Path(resume)
     callback = trainer.checkpoint_callback
     folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
     found = (
@@ -36,7 +37,24 @@ def resume_files(resume: str | None, trainer) -> list[Path]:
         if folder and folder.is_dir()
         else []
     )
-    return found[-1:]
+    if not found:
+        raise CheckpointError(
+            f"ckpt_path=last: no last*.ckpt in {folder or 'the run (it keeps no checkpoints)'}; resume a run with "
+            "hydra.run.dir=<its folder> ckpt_path=last, or give ckpt_path=<file>"
+        )
+    return found[-1]
+
+
+def check_resume(path: Path, trust: bool, data) -> None:
+    """Before training: one clear line for a missing, truncated or foreign file, one that would run code, or one
+    trained on another tree than this run's."""
+    saved = read_checkpoint(path, trust)[CHECKPOINT_KEY]
+    tree = ModelDescription.from_dict(saved, f"ckpt_path={path}").tree
+    if tree != data.hierarchy:
+        raise CheckpointError(
+            f"ckpt_path={path}: trained on another tree (levels {tree.level_sizes}) than this run's dataset "
+            f"{data.name} (levels {data.hierarchy.level_sizes}); resume with the dataset the run started with"
+        )
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -50,12 +68,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     data = build_data(cfg)
     module = build_module(cfg, data)
     trainer = build_trainer(cfg, loggers)
-    resume = cfg.get("ckpt_path")
     trust = bool(cfg.get("trust_checkpoint", False))
-    for path in resume_files(resume, trainer):
-        # before training: one clear line for a missing, truncated or foreign file, or one that would run code
-        read_checkpoint(path, trust)
-    metrics, best = fit_and_test(trainer, module, data, resume, trust)
+    resume = resume_file(cfg.get("ckpt_path"), trainer)
+    if resume is not None:
+        check_resume(resume, trust, data)
+    # the file checked is the file Lightning loads (not "last" for it to resolve again)
+    metrics, best = fit_and_test(trainer, module, data, str(resume) if resume else None, trust)
     if trainer.is_global_zero:  # every process holds the same (gathered) metrics; one writes them
         write_json(Path(cfg.run_dir) / "metrics.json", metrics)
         print(level_table(metrics, data.hierarchy.level_sizes))
