@@ -132,7 +132,7 @@ def bench_small_images(quick: bool) -> dict:
     the dataset recipe's sizes (28 -> 32 px, batch 128, no workers). Needs the files (the Debian package
     ``dataset-fashion-mnist``); without them the section says so."""
     from hrn.data.base import EpochShuffleSampler
-    from hrn.data.fashion_mnist import CLASSES, DEBIAN_ROOT, fashion_mnist
+    from hrn.data.fashion_mnist import DEBIAN_ROOT, fashion_mnist
     from hrn.data.folder import folder
 
     per_class = 20 if quick else 200
@@ -156,7 +156,9 @@ def bench_small_images(quick: bool) -> dict:
         for i, image in enumerate(memory.train.source.images):
             Image.fromarray(image[0].numpy()).save(root / "img" / f"{i:05d}.png")
             lines.append(f"img/{i:05d}.png,{h.names[memory.train.targets[i]]},train")
-        lines.append(f"img/00000.png,{CLASSES[0]},test")
+        # a test split of one image: a copy, as a path has one label and one split
+        (root / "img" / "test.png").write_bytes((root / "img" / "00000.png").read_bytes())
+        lines.append(f"img/test.png,{h.names[memory.train.targets[0]]},test")
         (root / "labels.csv").write_text("\n".join(lines) + "\n")
         for cache in (False, True):
             files = folder(str(root), cache=cache, cache_dir=str(root / "cache"), **sizes)

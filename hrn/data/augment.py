@@ -30,7 +30,9 @@ __all__ = [
     "Augment",
     "default_padding",
     "downsample",
+    "EvalTransform",
     "eval_transform",
+    "mix_seeds",
     "normalize",
     "reference_train_transform",
     "resize_image",
@@ -67,12 +69,11 @@ class Augment:
     def params(self, seed: int, epoch: int, index: int) -> tuple[int, int, int]:
         """(top, left, flip) of sample ``index`` in ``epoch``: crop offsets in the padded image, flip 0 or 1.
 
-        A function of its arguments alone (Python's hash of a tuple of ints does not vary between processes), mixed
-        into 64 random bits by :func:`_mix64`: 21 bits for each offset, the top bit for the flip. Seeding a
-        ``random.Random`` per sample did the same at about six times the cost, more than copying a small image's
-        window.
+        A function of its arguments alone, mixed into 64 random bits by :func:`mix_seeds`: 21 bits for each offset,
+        the top bit for the flip. Seeding a ``random.Random`` per sample did the same at about six times the cost,
+        more than copying a small image's window.
         """
-        bits = _mix64(hash((seed, epoch, index)))
+        bits = mix_seeds(seed, epoch, index)
         positions = self.resize + 2 * self.padding - self.crop + 1
         # a modulus of a 21-bit number: offsets less likely by at most positions / 2**21 (< 1e-4 at 448 px)
         top, left = (bits & _BITS21) % positions, ((bits >> 21) & _BITS21) % positions
@@ -87,6 +88,16 @@ class Augment:
 
 _MASK64 = (1 << 64) - 1
 _BITS21 = (1 << 21) - 1
+
+
+def mix_seeds(*parts: int) -> int:
+    """Integers (a seed, an epoch, an index; any sign) -> 64 random bits that depend on every one of them and on
+    their order: each part is folded in and mixed by :func:`_mix64`. Arithmetic, unlike Python's ``hash`` of a
+    tuple, under which ``hash(-1) == hash(-2)`` and two seeds would draw the same crops."""
+    x = 0
+    for part in parts:
+        x = _mix64(x ^ (int(part) & _MASK64))
+    return x
 
 
 def _mix64(x: int) -> int:
@@ -165,15 +176,24 @@ def reference_train_transform(
     return TF.normalize(TF.to_dtype(x, torch.float32, scale=True), [MEAN] * 3, [STD] * 3)
 
 
-def eval_transform(resize: int = 550, crop: int = 448):
-    """The test transform of single images (``hrn.predict``, ``hrn.gradcam``): PIL image or uint8 (3, H, W)
-    tensor -> float (3, crop, crop). Resize(resize, resize) -> CenterCrop(crop) -> Normalize(0.5, 0.5)."""
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize((resize, resize), antialias=True),
-            v2.CenterCrop(crop),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize([MEAN] * 3, [STD] * 3),
-        ]
-    )
+class EvalTransform:
+    """The test transform of single images (``hrn.predict``, ``hrn.gradcam``, exports' checks): PIL image or uint8
+    (C, H, W) tensor -> float (3, crop, crop). Resize(resize, resize) -> CenterCrop(crop) -> Normalize(0.5, 0.5),
+    through the very functions the datasets use (:func:`resize_image`: PIL's resize for a PIL image, as when the
+    dataset or its cache decodes a file; then the crop and :func:`normalize` the LightningModule applies), so a
+    file gets the same numbers from ``hrn.predict`` as from ``hrn.evaluate``."""
+
+    def __init__(self, resize: int = 550, crop: int = 448) -> None:
+        self.resize, self.crop = resize, crop
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        x = TF.center_crop(resize_image(image, self.resize), [self.crop, self.crop])
+        return normalize(x[None])[0]
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(resize={self.resize}, crop={self.crop})"
+
+
+def eval_transform(resize: int = 550, crop: int = 448) -> EvalTransform:
+    """:class:`EvalTransform` at these sizes."""
+    return EvalTransform(resize, crop)

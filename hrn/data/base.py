@@ -17,10 +17,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 from torchvision.transforms.v2 import functional as TF
 
-from hrn.data.augment import Augment, downsample, resize_image, window
+from hrn.data.augment import Augment, downsample, mix_seeds, resize_image, window
 from hrn.errors import HRNError
 from hrn.tree import Hierarchy
 
@@ -216,30 +216,58 @@ class LabelledImages(Dataset):
         return counts
 
 
-class EpochShuffleSampler(Sampler):
-    """Shuffles the training set as a function of (seed, epoch) only, and hands each sample its own augmentation
-    seed (keys ``(i, seed, epoch)``, see :class:`LabelledImages`).
+class EpochShuffleSampler(DistributedSampler):
+    """Shuffles the training set as a function of (seed, epoch) only, hands each sample its own augmentation seed
+    (keys ``(i, seed, epoch)``, see :class:`LabelledImages`), and under DDP gives each process its share.
 
     The default shuffling draws from the global random generator whenever a loader iterator is created, and
     Lightning creates them at different moments in a fresh and in a resumed run; with this sampler an epoch sees
     the same images in the same order with the same augmentations however it was reached, with any number of
     workers. Lightning calls ``set_epoch`` at the start of every epoch.
+
+    Under DDP it shards by rank itself (every process draws the same permutation, takes every world-th index of
+    it, the permutation padded to a multiple of the world size as ``DistributedSampler`` pads it). Being a
+    ``DistributedSampler``, it is what Lightning hands ``set_epoch`` to directly, on every Lightning version:
+    Lightning wraps any other sampler in a ``DistributedSamplerWrapper``, which before 2.5 kept the epoch to
+    itself, so every epoch repeated the first one's order and crops. The rank and world size are read when an
+    epoch starts (the process group does not exist yet when the loader is made).
+
+    ``batch_size``: a process's last batch that would hold a single image is left out of that epoch (another one
+    each epoch): BatchNorm cannot train on a batch of one. Every process then has the same number of batches.
     """
 
-    def __init__(self, num_samples: int, seed: int = 0) -> None:
-        self.num_samples = num_samples
+    def __init__(self, num_samples: int, seed: int = 0, batch_size: int | None = None) -> None:
+        # not DistributedSampler.__init__: it needs the process group, which exists only once training starts
+        self.num_samples_total = num_samples
         self.seed = seed
         self.epoch = 0
+        self.batch_size = batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @staticmethod
+    def world() -> tuple[int, int]:
+        """(rank, world size) of this process: (0, 1) outside DDP."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _share(self, world: int) -> int:
+        share = -(-self.num_samples_total // world)  # ceil: the padded permutation's share of each process
+        lone = self.batch_size is not None and share > 1 and share % self.batch_size == 1
+        return share - 1 if lone else share
+
     def __len__(self) -> int:
-        return self.num_samples
+        return self._share(self.world()[1])
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)) & 0x7FFF_FFFF_FFFF_FFFF)
-        for i in torch.randperm(self.num_samples, generator=generator).tolist():
+        rank, world = self.world()
+        generator = torch.Generator().manual_seed(mix_seeds(self.seed, self.epoch) & 0x7FFF_FFFF_FFFF_FFFF)
+        order = torch.randperm(self.num_samples_total, generator=generator).tolist()
+        padded = -(-len(order) // world) * world
+        order += order[: padded - len(order)]  # every process gets as many (as DistributedSampler pads)
+        for i in order[rank::world][: self._share(world)]:
             yield (i, self.seed, self.epoch)
 
 
@@ -260,6 +288,9 @@ class DataSplits:
     seed: int = 0  # training order and augmentations (set from the run's seed by the protocols)
 
     def __post_init__(self) -> None:
+        for key, value, least in (("batch_size", self.batch_size, 1), ("num_workers", self.num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise DataError(f"dataset.{key}={value!r}: must be a whole number, at least {least}")
         self.num_workers = usable_workers(self.num_workers)
         a = self.augment
         self.info.update(resize=a.resize, crop=a.crop, padding=a.padding)
@@ -283,20 +314,25 @@ class DataSplits:
     def loader(self, split: str, shuffle: bool | None = None) -> DataLoader:
         """A loader over ``split`` yielding :class:`Batch` es of uint8 images (normalise them on the device:
         :func:`~hrn.data.augment.normalize`); training shuffles, crops and flips as a function of (seed, epoch).
-        Evaluation drops nothing, so every image counts; a shuffled epoch whose last batch would hold a single
-        image leaves that one out (another each epoch), since BatchNorm cannot train on a batch of one."""
+        Evaluation drops nothing, so every image counts; in a shuffled epoch, a process's last batch that would hold
+        a single image leaves that one out (another each epoch), since BatchNorm cannot train on a batch of one
+        (:class:`EpochShuffleSampler`)."""
         dataset = getattr(self, split)
         if len(dataset) == 0:
             raise DataError(
                 f"the {self.name} {split} split has no samples; check the dataset's split settings"
             )
-        dataset.prepare()
         shuffle = (split == "train") if shuffle is None else shuffle
+        if shuffle and len(dataset) < 2:
+            raise DataError(
+                f"the {self.name} {split} split has {len(dataset)} image; training needs at least 2 (BatchNorm "
+                "cannot train on a batch of one): add images, or move some from the other splits"
+            )
+        dataset.prepare()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            drop_last=shuffle and len(dataset) > 1 and len(dataset) % self.batch_size == 1,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            sampler=EpochShuffleSampler(len(dataset), self.seed, self.batch_size) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=collated,
             persistent_workers=self.num_workers > 0,

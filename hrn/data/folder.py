@@ -37,6 +37,7 @@ def read_labels(path: Path, h: Hierarchy) -> tuple[list[tuple[Sample, str | None
 
 def _read_labels(path: Path, h: Hierarchy) -> tuple[list[tuple[Sample, str | None]], bool]:
     rows = []
+    first_line: dict[str, int] = {}  # each path's first row: a path listed twice is refused with both lines
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = [c.strip() for c in next(reader, [])]
@@ -55,6 +56,13 @@ def _read_labels(path: Path, h: Hierarchy) -> tuple[list[tuple[Sample, str | Non
                     f"({','.join(header)}), found {','.join(row)!r}"
                 )
             rel, label = row[0].strip(), row[1].strip()
+            key = Path(rel).as_posix()
+            if key in first_line:
+                raise DataError(
+                    f"{path}:{lineno}: {rel} is listed again (first at line {first_line[key]}); an image has one "
+                    "label and one split: keep one of the two rows"
+                )
+            first_line[key] = lineno
             try:
                 target = h.index(label)
             except HierarchyError as e:
