@@ -42,11 +42,25 @@ TRUST_HINT = (
 )
 
 
+_ZIP = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
+_PICKLE = (
+    b"\x80"  # the legacy format: a pickle (protocol 2 or more) after torch's magic number, also a pickle
+)
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """Whether the file starts as torch.save's files do (a zip archive, or a pickle): a text file or random bytes
+    do not, and are no checkpoint whatever the unpickler would say of them."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    return head.startswith(_ZIP) or head.startswith(_PICKLE)
+
+
 def read_checkpoint(path: str | Path, trust: bool = False) -> dict:
     """Read an HRN checkpoint (a dict with ``state_dict`` and the :data:`CHECKPOINT_KEY` self-description) with
     torch's safe unpickler (``weights_only=True``), which builds tensors and plain containers and calls nothing
-    else; or raise one line: missing, unreadable (truncated, not PyTorch), foreign, or holding anything that
-    would run code (refused, with the global it names).
+    else; or raise one line: missing, not a PyTorch file, unreadable (truncated), foreign, or holding anything
+    that would run code (refused, with the global it names).
 
     ``trust=True`` (``trust_checkpoint=true``) loads with the full unpickler instead: for checkpoints written by
     hrn before 0.2 (their random-generator states are NumPy arrays), and only for files of one's own.
@@ -54,18 +68,25 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={path}: checkpoint not found")
+    not_torch = CheckpointError(
+        f"ckpt_path={path}: not a PyTorch checkpoint (a file written by torch.save, as hrn.train writes them)"
+    )
     try:
+        if not _looks_like_torch_file(path):
+            raise not_torch
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as e:
-        if trust or "Weights only load failed" not in str(e):
-            raise CheckpointError(
-                f"ckpt_path={path}: cannot read the checkpoint ({type(e).__name__})"
-            ) from None
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f"loading it would call {found.group(1)}" if found else "it holds objects that could run code"
+        if trust or "Weights only load failed" not in str(e) or not found:
+            raise CheckpointError(
+                f"ckpt_path={path}: cannot read the checkpoint ({type(e).__name__}); the file is truncated or not a "
+                "PyTorch checkpoint"
+            ) from None
         raise CheckpointError(
-            f"ckpt_path={path}: refused: {what}, and hrn loads checkpoints with torch's safe unpickler, which runs "
-            f"no code; {TRUST_HINT}"
+            f"ckpt_path={path}: refused: loading it would call {found.group(1)}, and hrn loads checkpoints with "
+            f"torch's safe unpickler, which runs no code; {TRUST_HINT}"
         ) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
         raise CheckpointError(

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from hrn.atomic import write_json
 from hrn.checkpoints import load_checkpoint
-from hrn.cli.build import checkpoint_data
+from hrn.cli.build import check_trainer_keys, checkpoint_data
 from hrn.cli.config import CONF_DIR
 from hrn.cli.entry import run_command
 from hrn.cli.errors import report_errors
@@ -53,6 +53,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in ("test", "val"):
         raise DataError(f"split={cfg.split!r}: expected 'test' or 'val'")
     from hrn.training import HRNModule  # Lightning is imported only where a module is built
+    from hrn.training.callbacks import StderrProgressBar
 
     model = load_checkpoint(cfg.ckpt_path, bool(cfg.get("trust_checkpoint", False)))
     data = checkpoint_data(cfg, model)
@@ -65,7 +66,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         threshold=threshold,
         calibration=model.calibration,
     )
-    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    check_trainer_keys(cfg.trainer)
+    bar = [StderrProgressBar()] if cfg.trainer.get("enable_progress_bar", True) is not False else []
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, callbacks=bar)
     images = getattr(data, cfg.split)
     results = trainer.test(module, data.loader(cfg.split), verbose=False)
     metrics = {k.replace("test/", f"{cfg.split}/", 1): float(v) for k, v in results[0].items()}

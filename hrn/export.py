@@ -5,12 +5,12 @@ weights-only folder to share (safetensors and config.json, :mod:`hrn.share`). Wh
 
 from __future__ import annotations
 
-import json
 import logging
 
 import hydra
 from omegaconf import DictConfig
 
+from hrn.atomic import json_text
 from hrn.cli.config import CONF_DIR
 from hrn.cli.entry import run_command
 from hrn.cli.errors import report_errors
@@ -34,7 +34,7 @@ def main(cfg: DictConfig) -> None:
         cfg.trust_checkpoint,
         cfg.threshold,
     )
-    print(json.dumps(summary), flush=True)
+    print(json_text(summary), flush=True)
 
 
 if __name__ == "__main__":

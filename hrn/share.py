@@ -16,7 +16,7 @@ from pathlib import Path
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from hrn.atomic import atomic_write_bytes
+from hrn.atomic import atomic_write_bytes, json_text
 from hrn.data.augment import MEAN, STD
 from hrn.description import CheckpointError, ModelDescription
 from hrn.trained import LoadedModel, model_from
@@ -65,7 +65,7 @@ def share_config(description: ModelDescription) -> dict:
 
 def config_bytes(description: ModelDescription) -> bytes:
     """:func:`share_config` as the bytes of ``config.json``."""
-    return (json.dumps(share_config(description), indent=2, sort_keys=True) + "\n").encode("utf-8")
+    return (json_text(share_config(description), indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 def folder_files(model: LoadedModel) -> dict[str, bytes]:

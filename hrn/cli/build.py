@@ -166,16 +166,44 @@ def build_trainer(cfg: DictConfig, loggers: list):
     # Lightning validates inside fit under no_grad but tests under inference_mode, whose tensors a compiled
     # network's guards tell apart: test would compile a third graph. no_grad for both keeps the one eval graph.
     compiled = {"inference_mode": False} if cfg.get("compile", False) else {}
+    check_trainer_keys(cfg.trainer)
     # _convert_="partial": the lists reach the Trainer as lists, not OmegaConf ListConfigs (Lightning 2.4 takes a
     # ListConfig of plugins for one plugin of an unknown type)
-    return instantiate(
-        cfg.trainer,
-        callbacks=build_callbacks(cfg),
-        logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
-        _convert_="partial",
-        **compiled,
-    )
+    try:
+        return instantiate(
+            cfg.trainer,
+            callbacks=build_callbacks(cfg),
+            logger=loggers or False,
+            plugins=[AtomicCheckpointIO()],
+            _convert_="partial",
+            **compiled,
+        )
+    except HRNError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Lightning refuses a setting with its own error types
+        raise SettingError(f"trainer: Lightning's Trainer refuses the settings: {_innermost(e)}") from None
+
+
+def check_trainer_keys(trainer: DictConfig) -> None:
+    """One line, with the closest names, for a ``trainer.<key>`` Lightning's Trainer has no argument of."""
+    import difflib
+    import inspect
+
+    from lightning.pytorch import Trainer
+
+    known = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    for key in trainer:
+        if key != "_target_" and key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=3, cutoff=0.6)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise SettingError(f"trainer.{key}: not an argument of Lightning's Trainer{hint}")
+
+
+def _innermost(e: BaseException) -> str:
+    """The first line of the error behind Hydra's wrapping of it."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's values

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from hrn.atomic import atomic_write_bytes
+from hrn.atomic import atomic_write_bytes, json_text
 from hrn.checkpoints import LoadedModel, load_checkpoint
 from hrn.data.augment import MEAN, STD
 from hrn.deploy.predictor import INPUT_NAME, OUTPUT_NAMES, Predictor
@@ -218,6 +218,10 @@ def _source(model: str | Path | bytes):
     return io.BytesIO(model) if isinstance(model, bytes) else str(model)
 
 
+def _name(model: str | Path | bytes) -> str:
+    return "the model's bytes" if isinstance(model, bytes) else str(model)
+
+
 def _is_torchscript(model: str | Path | bytes) -> bool:
     # TorchScript archives are zip files; ONNX files are protobufs
     return zipfile.is_zipfile(_source(model))
@@ -226,14 +230,21 @@ def _is_torchscript(model: str | Path | bytes) -> bool:
 def read_metadata(model: str | Path | bytes) -> dict:
     """The JSON document stored in an exported model (ONNX or TorchScript; a path or the file's bytes)."""
     if _is_torchscript(model):
-        extra = {f"{METADATA_KEY}.json": ""}
-        with _quiet_jit():
-            torch.jit.load(_source(model), map_location="cpu", _extra_files=extra)
-        return json.loads(extra[f"{METADATA_KEY}.json"])
+        # Read the archive's extra file with zipfile: torch.jit.load would deserialise (and so run) its code.
+        with zipfile.ZipFile(_source(model)) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_KEY}.json")]
+            if not names:
+                raise ExportError(
+                    f"{_name(model)}: a TorchScript file without hrn's {METADATA_KEY}.json metadata"
+                )
+            return json.loads(archive.read(names[0]))
     import onnx
 
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
-    return json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise ExportError(f"{_name(model)}: an ONNX file without hrn's {METADATA_KEY!r} metadata")
+    return json.loads(props[METADATA_KEY])
 
 
 def run_exported(model: str | Path | bytes, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -312,6 +323,9 @@ def export(
             )
         _require_onnx()
     out = Path(out) if out else Path(ckpt_path).with_suffix(FORMATS[format])
+    if out.exists() and out.resolve() == Path(ckpt_path).resolve():
+        other = out.with_name(f"{out.stem}-{format}{FORMATS[format]}")
+        raise ExportError(f"out={out}: is the checkpoint being exported; give another file, e.g. out={other}")
     if out.is_dir():
         raise ExportError(
             f"out={out}: is a folder; give the file to write, e.g. out={out / ('model' + FORMATS[format])}"
@@ -322,7 +336,7 @@ def export(
     crop = info["transform"]["crop"]
     example = example_images(EXAMPLE_BATCH, crop, predictor.uint8_input)
     start = time.perf_counter()
-    meta_json = json.dumps(info, sort_keys=True)
+    meta_json = json_text(info, sort_keys=True)
     if format == "onnx":
         payload = onnx_bytes(predictor, example, meta_json, opset)
     else:

@@ -18,6 +18,7 @@ from the checkpoint alone: tree, names, network, test transform and temperatures
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from hrn.data.files import ImageFiles, expand_images
 from hrn.metrics.hierarchical import check_threshold
 from hrn.nets import ModelError
 from hrn.tree import Hierarchy
+
+log = logging.getLogger(__name__)
 
 __all__ = ["describe", "pick_device", "predict", "predict_images"]
 
@@ -87,6 +90,21 @@ def describe(
     }
 
 
+ON_BAD_IMAGE = ("error", "skip")
+
+
+def check_batch_settings(top_k: int, batch_size: int, on_bad_image: str = "error") -> None:
+    """One line for a ``top_k`` or ``batch_size`` under 1, or an ``on_bad_image`` other than error / skip."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise DataError(f"top_k={top_k}: must be a whole number, at least 1")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(
+            f"batch_size={batch_size}: must be a whole number, at least 1 (images per forward pass)"
+        )
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise DataError(f"on_bad_image={on_bad_image!r}: expected 'error' or 'skip'")
+
+
 def predict_images(
     model: LoadedModel,
     paths: list[Path],
@@ -94,10 +112,14 @@ def predict_images(
     batch_size: int = 16,
     device: str = "auto",
     threshold: float = 0.0,
+    on_bad_image: str = "error",
+    skipped: list[Path] | None = None,
 ) -> Iterator[dict]:
-    """Yield one prediction dict per image file (see the module docstring), ``batch_size`` images at a time."""
-    if top_k < 1:
-        raise DataError(f"top_k={top_k}: must be at least 1")
+    """Yield one prediction dict per image file (see the module docstring), ``batch_size`` images at a time.
+
+    A file that does not decode is an error (``on_bad_image="error"``: one line naming it), or with ``"skip"``
+    is left out, logged, and appended to ``skipped`` when given; the other files are predicted."""
+    check_batch_settings(top_k, batch_size, on_bad_image)
     threshold = check_threshold(threshold)
     dev = pick_device(device)
     net = model.net.to(dev)
@@ -105,7 +127,20 @@ def predict_images(
     transform = model.transform()
     load = ImageFiles(paths)
     for start in range(0, len(paths), batch_size):
-        batch = [transform(load(i)) for i in range(start, min(start + batch_size, len(paths)))]
+        batch, names = [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                batch.append(transform(load(i)))
+            except DataError as e:
+                if on_bad_image == "error":
+                    raise DataError(f"{e}; or pass on_bad_image=skip to predict the other files") from None
+                log.warning("skipped %s (on_bad_image=skip): %s", paths[i], e)
+                if skipped is not None:
+                    skipped.append(paths[i])
+                continue
+            names.append(paths[i])
+        if not batch:
+            continue
         with torch.no_grad():
             output = net(torch.stack(batch).to(dev))
             marginals = probabilities.node_probabilities(output, model.tree_scores)
@@ -114,9 +149,7 @@ def predict_images(
             routes, marginals = routes.tolist(), marginals.cpu()
             leaf_probs = probabilities.leaf_probabilities(output.leaf_logits).cpu()
         for j in range(len(batch)):
-            yield describe(
-                paths[start + j], marginals[j], routes[j], leaf_probs[j], model.hierarchy, top_k, nodes[j]
-            )
+            yield describe(names[j], marginals[j], routes[j], leaf_probs[j], model.hierarchy, top_k, nodes[j])
 
 
 def predict(
@@ -127,12 +160,16 @@ def predict(
     device: str = "auto",
     trust: bool = False,
     threshold: float = 0.0,
+    on_bad_image: str = "error",
+    skipped: list[Path] | None = None,
 ) -> Iterator[dict]:
     """Yield one prediction dict per image of ``images`` (a list of files, a folder or a glob) from the
     checkpoint (or shared folder) at ``ckpt_path``, the prediction at ``threshold`` (0: the leaf);
-    ``trust``: as :func:`hrn.checkpoints.read_checkpoint`."""
-    if top_k < 1:
-        raise DataError(f"top_k={top_k}: must be at least 1")
+    ``trust``: as :func:`hrn.checkpoints.read_checkpoint`; ``on_bad_image``, ``skipped``: as
+    :func:`predict_images`."""
+    check_batch_settings(top_k, batch_size, on_bad_image)
     check_threshold(threshold)
     model = load_checkpoint(ckpt_path, trust)
-    yield from predict_images(model, expand_images(images), top_k, batch_size, device, threshold)
+    yield from predict_images(
+        model, expand_images(images), top_k, batch_size, device, threshold, on_bad_image, skipped
+    )

@@ -17,9 +17,10 @@ Shapes: B = batch, C = the trunk's channels, h x w = its feature map.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -79,6 +80,40 @@ class _TokenGrid:
         return patches.reshape(patches.shape[0], side, side, patches.shape[2]).permute(0, 3, 1, 2)
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face hub (timm's weights host) answers a TCP connection within a few seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _offline_unless_reachable() -> Iterator[None]:
+    """Offline, huggingface_hub retries each request five times (about a minute) before it gives up: when the hub
+    does not answer, switch it to offline mode for this call, so cached weights still load and missing ones fail
+    at once."""
+    from huggingface_hub import constants
+
+    was = constants.HF_HUB_OFFLINE
+    if not was and not _hub_reachable():
+        constants.HF_HUB_OFFLINE = True  # read at call time by constants.is_offline_mode()
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = was
+
+
 def _create(timm, name: str, pretrained: bool, image_size: int | None) -> nn.Module:
     """``timm.create_model`` without a classifier, at ``image_size`` where the model takes one."""
     kwargs = {"pretrained": pretrained, "num_classes": 0}
@@ -130,7 +165,9 @@ def build_timm_trunk(
         )
         raise ModelError(f"{spec}: timm has no model {name!r} ({hint})")
     try:
-        model = _create(timm, name, pretrained and weights is None, image_size)
+        download = pretrained and weights is None
+        with _offline_unless_reachable() if download else contextlib.nullcontext():
+            model = _create(timm, name, download, image_size)
     except Exception as e:  # noqa: BLE001 - a failed download surfaces as many error types
         if pretrained and weights is None:
             raise ModelError(
