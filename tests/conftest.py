@@ -1,47 +1,16 @@
-"""Shared test helpers: random level-balanced trees and the dense state-enumeration oracle of the tree loss."""
+"""The suite's pytest fixtures: the image cache folder, small trees, the compile counter, and the trained runs
+that several modules share (trained once a session). Plain helpers live in ``tests/fixtures.py``."""
 
 from __future__ import annotations
 
+import json
 import os
-import random
+from pathlib import Path
 
 import pytest
-import torch
 
 from hrn import Hierarchy
-
-
-def random_tree(depth: int, seed: int, max_children: int = 3, roots: int | None = None) -> Hierarchy:
-    """A random level-balanced tree of ``depth`` levels (every leaf at the deepest level)."""
-    rng = random.Random(seed)
-    level = [f"n0_{i}" for i in range(roots or rng.randint(1, 3))]
-    edges = []
-    for d in range(1, depth):
-        nxt = []
-        for parent in level:
-            for _ in range(rng.randint(1, max_children)):
-                child = f"n{d}_{len(nxt)}"
-                nxt.append(child)
-                edges.append((parent, child))
-        level = nxt
-    rng.shuffle(edges)  # the builder must not depend on edge order for structure
-    return Hierarchy.from_edges(edges)
-
-
-def dense_log_marginals(h: Hierarchy, scores: torch.Tensor) -> torch.Tensor:
-    """The oracle: enumerate the N + 1 legal states explicitly (paper Eq. 3-5). (B, N) -> (B, N) log P(v).
-
-    State 0 is the empty state; state v + 1 = {v} ∪ ancestors(v). P(v) sums P over states that contain v.
-    """
-    states = torch.cat(
-        [torch.zeros(1, h.num_nodes, dtype=scores.dtype), h.ancestors.to(scores.dtype)]
-    )  # (N+1, N)
-    log_p_state = (scores @ states.T).log_softmax(dim=1)  # (B, N+1)
-    contains = states.bool()  # (N+1, N): state s contains node v
-    out = []
-    for v in range(h.num_nodes):
-        out.append(torch.logsumexp(log_p_state[:, contains[:, v]], dim=1))
-    return torch.stack(out, dim=1)
+from tests import fixtures
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -82,16 +51,46 @@ def compiled_graphs(monkeypatch) -> list[bool]:
     torch._dynamo.reset()
 
 
-def greedy_path(marginals: torch.Tensor, h: Hierarchy, node: int | None = None) -> list[int]:
-    """The oracle of the top-down path, one sample at a time with a Python walk over the tree: (N,) marginals -> a
-    root-to-leaf path (global indices, one per level). ``node=None``: the most probable level-1 node, then its most
-    probable child, and so on. A node index: its ancestors, the node, then below it the most probable child at
-    each level."""
-    off = h.offsets
-    path = [int(marginals[: off[1]].argmax()) if node is None else node]
-    while h.parent_of(path[0]) >= 0:
-        path.insert(0, h.parent_of(path[0]))
-    for lvl in range(len(path), h.num_levels):
-        children = (h.level_parents[lvl - 1] == path[-1] - off[lvl - 1]).nonzero().flatten() + off[lvl]
-        path.append(int(children[marginals[children].argmax()]))
-    return path
+# ---------------------------------------------------------------- trained runs, once a session
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this session sees (the workers' common base), for
+    :func:`tests.fixtures.once_per_session`."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def tiny_run(shared_dir) -> fixtures.TrainedRun:
+    """One tiny synthetic run (:data:`tests.fixtures.TINY`, 2 epochs): the checkpoint of every module that needs a
+    trained model but not a good one (evaluate, export, share, safety, the README's snippets)."""
+    folder, metrics = fixtures.once_per_session(
+        shared_dir, "tiny-run", lambda f: fixtures.train_tiny(f, "trainer.max_epochs=2")
+    )
+    return fixtures.TrainedRun(folder, metrics)
+
+
+@pytest.fixture(scope="session")
+def learnt_run(shared_dir) -> fixtures.TrainedRun:
+    """A run that has learnt something (:data:`tests.fixtures.LEARNT`: 12 images a leaf, 4 epochs, 64 px with the
+    standard stem, whose 2 x 2 maps Grad-CAM can explain): calibration, confident predictions and heatmaps need a
+    network above chance."""
+    folder, metrics = fixtures.once_per_session(
+        shared_dir, "learnt-run", lambda f: fixtures.train_tiny(f, *fixtures.LEARNT)
+    )
+    return fixtures.TrainedRun(folder, metrics)
+
+
+@pytest.fixture(scope="session")
+def default_run(shared_dir) -> fixtures.TrainedRun:
+    """``make train``: ``python -m hrn.train`` with no override, in this process; its stdout is kept."""
+
+    def make(folder: Path) -> dict:
+        ran = fixtures.run_command("train", f"hydra.run.dir={folder}", cwd=folder)
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        return {"stdout": ran.stdout}
+
+    folder, result = fixtures.once_per_session(shared_dir, "default-run", make)
+    return fixtures.TrainedRun(folder, json.loads((folder / "metrics.json").read_text()), result["stdout"])

@@ -1,18 +1,52 @@
-"""Tiny copies of each dataset in its real on-disk layout, written by the tests (a few small JPEGs per class)."""
+"""The suite's plain helpers: tiny copies of each dataset in its real on-disk layout (a few small JPEGs per class),
+the tests' tiny training setting, random trees and the oracles several modules share, and :func:`run_command`, which
+runs ``python -m hrn.<verb>`` in this process (no interpreter start-up, no second import of torch and Lightning)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
+import io
+import json
+import logging
+import os
 import random
+import runpy
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import lightning as L
 import numpy as np
+import torch
 from PIL import Image
 
+from hrn import Hierarchy
 from hrn.data.files import shipped
 
 SIZE = 16
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [  # shrink the default synthetic run to seconds
+    "dataset.train_per_leaf=4",
+    "dataset.val_per_leaf=2",
+    "dataset.test_per_leaf=3",
+    "dataset.batch_size=16",
+    "model.width=32",
+    "model.dim=16",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+LEVEL_KEYS = {
+    "test/acc_l1",
+    "test/acc_l2",
+    "test/acc_l3",
+    "test/acc_leaf_sigmoid",
+    "test/loss",
+    "test/loss_tree",
+    "test/loss_leaf_ce",
+}
 
 
 def jpeg(path: Path, seed: int) -> None:
@@ -222,15 +256,209 @@ def synthetic_image_files(folder: Path, leaves: list[int], size: int = 32, seed:
     return out
 
 
-def train_tiny(run_dir: Path, *overrides: str) -> dict[str, float]:
-    """``hrn.train`` of the tests' tiny synthetic setting (``tests.test_train.TINY``) and ``overrides``, into
-    ``run_dir``; returns the test metrics."""
+def make_cfg(run_dir: Path, *overrides: str, config: str = "train"):
+    """The composed config of ``config`` (a command's config name) for the tiny setting (:data:`TINY`, train only)
+    and ``overrides``, writing into ``run_dir``."""
     from hydra import compose, initialize_config_dir
 
     from hrn.cli.config import CONF_DIR
-    from hrn.train import train
-    from tests.test_train import TINY
 
+    tiny = TINY if config == "train" else []
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"run_dir={run_dir}", *TINY, *overrides])
-    return train(cfg)
+        return compose(config, overrides=[f"run_dir={run_dir}", *tiny, *overrides])
+
+
+def train_tiny(run_dir: Path, *overrides: str) -> dict[str, float]:
+    """``hrn.train`` of the tests' tiny synthetic setting (:data:`TINY`) and ``overrides``, into ``run_dir``;
+    returns the test metrics."""
+    from hrn.train import train
+
+    return train(make_cfg(run_dir, *overrides))
+
+
+# A run that learns something in seconds: a ResNet trunk with its standard stem divides by 32, so 64 px give
+# 2 x 2 maps (Grad-CAM needs more than one cell); 12 images a leaf and 4 epochs lift it well above chance.
+LEARNT_SIZE = 64
+LEARNT = [
+    f"dataset.image_size={LEARNT_SIZE}",
+    f"dataset.resize={LEARNT_SIZE}",
+    f"dataset.crop={LEARNT_SIZE}",
+    "model.stem=standard",
+    "dataset.train_per_leaf=12",
+    "dataset.val_per_leaf=6",
+    "dataset.test_per_leaf=6",
+    "trainer.max_epochs=4",
+]
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """The ``best-epochNNN.ckpt`` of a training run."""
+    return next((Path(run_dir) / "checkpoints").glob("best-*.ckpt"))
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished training run shared by several tests: read it, never write into it (copy what you change)."""
+
+    folder: Path
+    metrics: dict
+    stdout: str = ""
+
+    @property
+    def best(self) -> Path:
+        return best_checkpoint(self.folder)
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "checkpoints" / "last.ckpt"
+
+
+def trained_run(folder: Path, *overrides: str) -> TrainedRun:
+    """Train the tiny setting with ``overrides`` into ``folder``."""
+    return TrainedRun(folder, train_tiny(folder, *overrides))
+
+
+def once_per_session(base: Path, name: str, make: Callable[[Path], dict]) -> tuple[Path, dict]:
+    """``make(folder)`` run once for the whole test session, even when pytest-xdist spreads the tests over several
+    processes: the first to ask builds ``base/name`` under a file lock, the others wait and read what it wrote
+    (``make``'s JSON result beside the folder)."""
+    from filelock import FileLock
+
+    folder, done = base / name, base / f"{name}.json"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps(make(folder)))
+    return folder, json.loads(done.read_text())
+
+
+def random_tree(depth: int, seed: int, max_children: int = 3, roots: int | None = None) -> Hierarchy:
+    """A random level-balanced tree of ``depth`` levels (every leaf at the deepest level)."""
+    rng = random.Random(seed)
+    level = [f"n0_{i}" for i in range(roots or rng.randint(1, 3))]
+    edges = []
+    for d in range(1, depth):
+        nxt = []
+        for parent in level:
+            for _ in range(rng.randint(1, max_children)):
+                child = f"n{d}_{len(nxt)}"
+                nxt.append(child)
+                edges.append((parent, child))
+        level = nxt
+    rng.shuffle(edges)  # the builder must not depend on edge order for structure
+    return Hierarchy.from_edges(edges)
+
+
+def dense_log_marginals(h: Hierarchy, scores: torch.Tensor) -> torch.Tensor:
+    """The oracle: enumerate the N + 1 legal states explicitly (paper Eq. 3-5). (B, N) -> (B, N) log P(v).
+
+    State 0 is the empty state; state v + 1 = {v} ∪ ancestors(v). P(v) sums P over states that contain v.
+    """
+    states = torch.cat(
+        [torch.zeros(1, h.num_nodes, dtype=scores.dtype), h.ancestors.to(scores.dtype)]
+    )  # (N+1, N)
+    log_p_state = (scores @ states.T).log_softmax(dim=1)  # (B, N+1)
+    contains = states.bool()  # (N+1, N): state s contains node v
+    out = []
+    for v in range(h.num_nodes):
+        out.append(torch.logsumexp(log_p_state[:, contains[:, v]], dim=1))
+    return torch.stack(out, dim=1)
+
+
+def greedy_path(marginals: torch.Tensor, h: Hierarchy, node: int | None = None) -> list[int]:
+    """The oracle of the top-down path, one sample at a time with a Python walk over the tree: (N,) marginals -> a
+    root-to-leaf path (global indices, one per level). ``node=None``: the most probable level-1 node, then its most
+    probable child, and so on. A node index: its ancestors, the node, then below it the most probable child at
+    each level."""
+    off = h.offsets
+    path = [int(marginals[: off[1]].argmax()) if node is None else node]
+    while h.parent_of(path[0]) >= 0:
+        path.insert(0, h.parent_of(path[0]))
+    for lvl in range(len(path), h.num_levels):
+        children = (h.level_parents[lvl - 1] == path[-1] - off[lvl - 1]).nonzero().flatten() + off[lvl]
+        path.append(int(children[marginals[children].argmax()]))
+    return path
+
+
+class CompileCounts(L.Callback):
+    """A Lightning callback that records how many graphs
+    torch.compile had compiled (``graphs``, the ``compiled_graphs`` fixture) at the end of each training epoch;
+    added to a run through the config: ``+callbacks.compiles._target_=tests.fixtures.CompileCounts``."""
+
+    graphs: list = []
+    counts: list = []
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        CompileCounts.counts.append(len(CompileCounts.graphs))
+
+
+@dataclass
+class Ran:
+    """What a command run by :func:`run_command` left: its exit status and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def process_state(cwd: Path | None) -> Iterator[None]:
+    """Put back what a command changes in the process: argv, the working folder, the environment, the logging
+    configuration (Hydra configures the root logger per job, Lightning's loggers are re-wired), warning filters,
+    torch's global flags and Hydra's global state."""
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+
+    argv, old_cwd, environ = list(sys.argv), os.getcwd(), dict(os.environ)
+    loggers = [logging.getLogger()] + [
+        v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)
+    ]
+    saved = [(lg, lg.level, list(lg.handlers), lg.propagate, lg.disabled) for lg in loggers]
+    flags = (
+        torch.get_float32_matmul_precision(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.get_num_threads(),
+        torch.get_default_dtype(),
+    )
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with warnings.catch_warnings():
+            # runpy's note that hrn.<verb> was imported before: true of any test module that imports it, harmless
+            warnings.filterwarnings(
+                "ignore", message=".*found in sys.modules after import of package", category=RuntimeWarning
+            )
+            yield
+    finally:
+        os.chdir(old_cwd)
+        sys.argv = argv
+        os.environ.clear()
+        os.environ.update(environ)
+        for lg, level, handlers, propagate, disabled in saved:
+            for h in lg.handlers:
+                if h not in handlers:
+                    h.close()
+            lg.setLevel(level)
+            lg.handlers[:] = handlers
+            lg.propagate, lg.disabled = propagate, disabled
+        torch.set_float32_matmul_precision(flags[0])
+        torch.use_deterministic_algorithms(flags[1])
+        torch.set_num_threads(flags[2])
+        torch.set_default_dtype(flags[3])
+        GlobalHydra.instance().clear()
+
+
+def run_command(verb: str, *args: str, cwd: Path | None = None) -> Ran:
+    """``python -m hrn.<verb> *args`` (run from ``cwd``) in this process, as the interpreter would run it
+    (:func:`runpy.run_module` as ``__main__``): its exit status and what it printed on stdout and stderr. Tests that
+    need a fresh interpreter (what an import loads, an install, a process that is killed) use a subprocess."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with process_state(cwd):
+        sys.argv = [f"hrn.{verb}", *map(str, args)]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_module(f"hrn.{verb}", run_name="__main__", alter_sys=True)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return Ran(code, out.getvalue(), err.getvalue())

@@ -1,11 +1,9 @@
 """Kind to mistakes: each command's --help, and every command-line slip answered in one line with exit status 2."""
 
-import subprocess
-import sys
-
 import pytest
 
 from hrn.cli.entry import CommandLineError, check_command_line, command_help
+from tests.fixtures import run_command
 
 TRAIN_DOC = "``python -m hrn.train [overrides]``: train, test with the best checkpoint."
 
@@ -116,24 +114,15 @@ def test_help_lists_the_commands_own_keys_and_groups():
     ],
 )
 def test_the_commands_exit_2_with_one_line(tmp_path, command, args, expected):
-    result = subprocess.run(
-        [sys.executable, "-m", f"hrn.{command}", *args, f"hydra.run.dir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    result = run_command(command, *args, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("hrn: error:")]
     assert len(errors) == 1 and errors[0].startswith(expected), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "evaluate", "predict", "inspect", "export", "gradcam"])
 def test_help_of_each_command(command):
-    result = subprocess.run(
-        [sys.executable, "-m", f"hrn.{command}", "--help"], capture_output=True, text=True, timeout=120
-    )
+    result = run_command(command, "--help")
     assert result.returncode == 0 and result.stdout.startswith(f"usage: python -m hrn.{command}")
     assert "keys (key=value):" in result.stdout

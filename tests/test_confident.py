@@ -2,8 +2,6 @@
 specificity table, and calibrated tree probabilities through every command."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +22,7 @@ from hrn.predict import predict
 from hrn.train import train
 from hrn.tree import TreeProbabilities
 from tests import fixtures
-from tests.conftest import greedy_path, random_tree
-from tests.test_train import TINY
+from tests.fixtures import TINY, greedy_path, random_tree, run_command
 
 
 def ancestors_path(h, node: int) -> list[int]:
@@ -134,16 +131,8 @@ def test_a_threshold_outside_0_1_is_one_line():
 
 # ------------------------------------------------------------------------------------ trained, evaluated, calibrated
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    more = [
-        "dataset.train_per_leaf=12",
-        "dataset.val_per_leaf=6",
-        "dataset.test_per_leaf=6",
-        "trainer.max_epochs=3",
-    ]
-    fixtures.train_tiny(run, *more)
-    return next((run / "checkpoints").glob("best-*.ckpt"))
+def trained(learnt_run) -> Path:
+    return learnt_run.best
 
 
 @pytest.fixture(scope="module")
@@ -242,21 +231,15 @@ def test_calibration_without_a_validation_split_is_one_line(tmp_path):
             ],
         )  # fmt: skip
     train(cfg)
-    result = subprocess.run(
-        [sys.executable, "-m", "hrn.calibrate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    result = run_command("calibrate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("hrn: error:")]
     assert "validates on its test split" in line and "pass dataset.val_fraction" in line
 
 
 def test_predict_threshold_on_the_command_line(trained, image_files, tmp_path):
-    run = [sys.executable, "-m", "hrn.predict", f"ckpt_path={trained}", f"images={image_files[0]}"]
-    ok = subprocess.run([*run, "threshold=0.9"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    run = [f"ckpt_path={trained}", f"images={image_files[0]}"]
+    ok = run_command("predict", *run, "threshold=0.9", cwd=tmp_path)
     assert ok.returncode == 0 and "prediction" in json.loads(ok.stdout.splitlines()[0])
-    bad = subprocess.run([*run, "threshold=1.5"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    bad = run_command("predict", *run, "threshold=1.5", cwd=tmp_path)
     assert bad.returncode == 2 and "hrn: error: threshold=1.5: a marginal probability in [0, 1]" in bad.stderr

@@ -19,22 +19,15 @@ from hrn.cli.config import CONF_DIR
 from hrn.data.synthetic import make_images, synthetic_hierarchy
 from hrn.evaluate import evaluate
 from hrn.predict import predict
-from hrn.train import train
 from tests import fixtures
-from tests.conftest import greedy_path
-from tests.test_train import TINY
+from tests.fixtures import greedy_path, run_command
 
 TEST_SIZE = 12 * 3  # TINY: 3 test images per leaf
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, dict]:
-    run = tmp_path_factory.mktemp("run")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"run_dir={run}", *TINY, "trainer.max_epochs=2"])
-    metrics = train(cfg)
-    best = next((run / "checkpoints").glob("best-*.ckpt"))
-    return best, metrics
+def trained(tiny_run) -> tuple[Path, dict]:
+    return tiny_run.best, tiny_run.metrics
 
 
 def eval_cfg(run_dir: Path, ckpt: Path, *overrides: str):
@@ -196,10 +189,8 @@ def test_top_down_path_follows_children():
     assert [h.names[i] for i in path] == ["a", "c", "e"] == [h.names[i] for i in greedy_path(m, h)]  # not y
 
 
-def run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+def run(module: str, *args: str, cwd: Path):
+    return run_command(module.removeprefix("hrn."), *args, cwd=cwd)
 
 
 def test_predict_cli_folder_glob_and_errors(trained, images, tmp_path):

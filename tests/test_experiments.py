@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from hrn.cli.config import CONF_DIR, apply_ratio_settings
-from tests.test_train import TINY
+from tests.fixtures import TINY
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 

@@ -2,8 +2,8 @@
 `hrn.predict` prints for the same image files, at any batch size."""
 
 import json
-import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from hrn.deploy.formats import (
 from hrn.nets import CHMCNN, HMCLMLP, HMCNF, ChangNet
 from hrn.predict import predict
 from tests import fixtures
-from tests.conftest import greedy_path, random_tree
+from tests.fixtures import greedy_path, random_tree, run_command
 
 # predict prints probabilities rounded to 6 decimals (error <= 5e-7); the runtimes add ~1e-7 (measured)
 PREDICT_TOL = 1e-6
@@ -35,10 +35,8 @@ LEAVES = [0, 3, 5, 8, 11]  # one image per leaf: a batch of 5 (and 1)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    fixtures.train_tiny(run, "trainer.max_epochs=2")
-    return next((run / "checkpoints").glob("best-*.ckpt"))
+def trained(tiny_run) -> Path:
+    return tiny_run.best
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +167,8 @@ def test_predictor_from_a_checkpoint_equals_its_module(trained, image_files):
 def preprocess(paths: list[Path], meta: dict, uint8: bool = False) -> torch.Tensor:
     """What a deployment does before the exported model: the metadata's transform on each file."""
     t = meta["transform"]
-    steps = [v2.ToImage(), v2.Resize(t["resize"], antialias=True), v2.CenterCrop(t["crop"])]
+    # the README's recipe: resize the PIL image to (height, width), as the datasets do, then crop
+    steps = [v2.Resize(t["resize"], antialias=True), v2.ToImage(), v2.CenterCrop(t["crop"])]
     if not uint8:
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(t["mean"], t["std"])]
     load = ImageFiles(paths)
@@ -295,13 +294,11 @@ def test_a_model_that_disagrees_is_not_written(trained, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no file, no temporary left
 
 
-def run(*args: str, cwd: Path, code: str | None = None) -> subprocess.CompletedProcess:
-    command = ["-c", code, *args] if code else ["-m", "hrn.export", *args]
-    return subprocess.run([sys.executable, *command], cwd=cwd, capture_output=True, text=True, timeout=300)
+def run(*args: str, cwd: Path):
+    return run_command("export", *args, cwd=cwd)
 
 
-@pytest.mark.slow
-def test_cli_writes_the_file_and_prints_one_line_errors(trained, tmp_path):
+def test_cli_writes_the_file_and_prints_one_line_errors(trained, tmp_path, monkeypatch):
     ok = run(f"ckpt_path={trained}", "format=torchscript", f"out={tmp_path}/m.pt", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
     summary = json.loads(ok.stdout)
@@ -310,12 +307,9 @@ def test_cli_writes_the_file_and_prints_one_line_errors(trained, tmp_path):
 
     bad = run(f"ckpt_path={trained}", "format=tflite", cwd=tmp_path)
     missing = run(f"ckpt_path={tmp_path}/none.ckpt", "format=torchscript", cwd=tmp_path)
-    # onnxscript absent: set before hrn.export runs, as a machine without the extra
-    no_onnx = run(
-        f"ckpt_path={trained}",
-        cwd=tmp_path,
-        code="import sys, runpy; sys.modules['onnxscript'] = None; runpy.run_module('hrn.export', run_name='__main__')",
-    )
+    with monkeypatch.context() as m:  # onnxscript absent, as on a machine without the extra
+        m.setitem(sys.modules, "onnxscript", None)
+        no_onnx = run(f"ckpt_path={trained}", cwd=tmp_path)
     lines = {
         "bad": "hrn: error: format=tflite: unknown; use format=onnx, format=torchscript or format=safetensors",
         "missing": f"hrn: error: ckpt_path={tmp_path}/none.ckpt: checkpoint not found",
@@ -324,3 +318,36 @@ def test_cli_writes_the_file_and_prints_one_line_errors(trained, tmp_path):
     for name, result in {"bad": bad, "missing": missing, "no_onnx": no_onnx}.items():
         assert result.returncode == 2 and result.stderr.strip().splitlines() == [lines[name]], result.stderr
         assert result.stdout == ""
+
+
+def test_export_never_overwrites_its_input(trained, tmp_path):
+    """A checkpoint named model.pt: the default TorchScript file would be the checkpoint itself."""
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(trained.read_bytes())
+    before = ckpt.read_bytes()
+    for out in ([], [f"out={ckpt}"]):
+        result = run(f"ckpt_path={ckpt}", "format=torchscript", *out, cwd=tmp_path)
+        assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+            f"hrn: error: out={ckpt}: is the checkpoint being exported; give another file, "
+            f"e.g. out={tmp_path / 'model-torchscript.pt'}"
+        ], result.stderr
+    assert ckpt.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_read_metadata_runs_no_code(trained, tmp_path, monkeypatch):
+    """The TorchScript archive's hrn.json is read with zipfile: torch.jit.load (which would run the archive's code)
+    is never called. A zip without it, or a file that is neither format, is one line."""
+    out = tmp_path / "m.pt"
+    export(trained, "torchscript", out, check=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("read_metadata loaded the TorchScript code")
+
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    meta = read_metadata(out)
+    assert meta["level_sizes"] == [3, 6, 12] and read_metadata(out.read_bytes()) == meta
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as z:
+        z.writestr("archive/data.pkl", b"")
+    with pytest.raises(ExportError, match="a TorchScript file without hrn's hrn.json metadata"):
+        read_metadata(other)

@@ -1,46 +1,26 @@
 """Per-level Grad-CAM (`hrn.gradcam`): the library on a small trained checkpoint, then the CLI."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from hrn import HRN, TreeProbabilities
 from hrn.checkpoints import CheckpointError, load_checkpoint
-from hrn.cli.config import CONF_DIR
 from hrn.data.base import DataError
 from hrn.data.synthetic import make_images, synthetic_hierarchy
 from hrn.explain.cams import DPI, PANEL_INCHES, CAMError, gradcam, level_cams, load_images
-from hrn.train import train
-from tests.conftest import greedy_path
-from tests.test_train import TINY
+from tests.fixtures import LEARNT_SIZE, greedy_path, run_command
 
-# A ResNet trunk with its standard stem divides by 32: 64 px give 2 x 2 feature maps (32 px would give one cell, a
-# flat map). The standard stem, not the synthetic recipe's small one: it learns enough in the few epochs here.
-SIZE = 64
+# The shared learnt run (tests/fixtures.py LEARNT): 64 px with the standard stem, so 2 x 2 feature maps
+SIZE = LEARNT_SIZE
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    size = [
-        f"dataset.image_size={SIZE}",
-        f"dataset.resize={SIZE}",
-        f"dataset.crop={SIZE}",
-        "model.stem=standard",
-    ]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        # trained enough to be above chance (12 images a leaf, 4 epochs): the heatmaps of a network that has
-        # learnt nothing are flat, whatever Grad-CAM does
-        more = ["dataset.train_per_leaf=12", "trainer.max_epochs=4"]
-        cfg = compose("train", overrides=[f"run_dir={run}", *TINY, *size, *more])
-    train(cfg)
-    return next((run / "checkpoints").glob("best-*.ckpt"))
+def trained(learnt_run) -> Path:
+    return learnt_run.best
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +134,8 @@ def test_untrained_frozen_net_without_gsbs_under_no_grad():
     assert all(np.isfinite(c).all() for c in result.cams)
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hrn.gradcam", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+def run(*args: str, cwd: Path):
+    return run_command("gradcam", *args, cwd=cwd)
 
 
 def test_cli_writes_the_grid_png(trained, images, tmp_path):

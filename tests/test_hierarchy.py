@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hrn import Hierarchy, HierarchyError
-from tests.conftest import random_tree
+from tests.fixtures import random_tree
 
 
 def test_levels_order_and_index(small_tree):

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from hydra.utils import get_class
 
 from hrn.cli.config import CONF_DIR
-from tests.test_train import LEVEL_KEYS, ROOT, TINY
+from tests.fixtures import LEVEL_KEYS, ROOT, TINY
 
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 TABLE_HEADER = "level    classes  accuracy"

@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from hrn.cli.build import MissingPackageError, build_loggers
 from hrn.train import train
-from tests.test_train import make_cfg
+from tests.fixtures import make_cfg
 
 ONE_EPOCH = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hrn import CompositeLoss, Hierarchy, HRNOutput, TreeLoss
 from hrn.losses import DENSE_MAX_NODES, LeafCELoss, LossError
 from hrn.tree.probabilities import TreeScoresError
-from tests.conftest import dense_log_marginals, random_tree
+from tests.fixtures import dense_log_marginals, random_tree
 
 # Every exactness and stability assertion runs for both ways of computing the loss.
 FORMULATIONS = pytest.mark.parametrize("formulation", ["subtree", "dense"])

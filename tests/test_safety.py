@@ -4,8 +4,6 @@ stands for its checkpoint everywhere."""
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from hrn.evaluate import evaluate
 from hrn.predict import predict
 from hrn.share import CONFIG, WEIGHTS
 from tests import fixtures
-from tests.test_train import TINY
+from tests.fixtures import TINY, run_command
 
 
 class WritesAFile:
@@ -34,10 +32,8 @@ class WritesAFile:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    fixtures.train_tiny(run, "trainer.max_epochs=2")
-    return run / "checkpoints" / "last.ckpt"
+def trained(tiny_run) -> Path:
+    return tiny_run.last
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +63,6 @@ def test_a_payload_is_refused_in_one_line_and_never_runs(trained, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("command", ["predict", "evaluate", "export", "gradcam", "train"])
 def test_every_loading_command_and_a_resume_refuse_a_payload(trained, image_files, tmp_path, command):
     evil, marker = poisoned(trained, tmp_path)
@@ -78,13 +73,7 @@ def test_every_loading_command_and_a_resume_refuse_a_payload(trained, image_file
         "gradcam": [f"ckpt_path={evil}", f"images={image_files[0]}", f"out={tmp_path / 'cams.png'}"],
         "train": [f"ckpt_path={evil}", *TINY, f"hydra.run.dir={tmp_path / 'resume'}"],
     }[command]
-    result = subprocess.run(
-        [sys.executable, "-m", f"hrn.{command}", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    result = run_command(command, *args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("hrn: error:")]
     assert "refused: loading it would call posix.system" in line and "trust_checkpoint=true" in line
@@ -138,3 +127,18 @@ def test_a_folder_that_is_not_one_is_one_line(tmp_path):
     (tmp_path / "bad" / WEIGHTS).write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="does not describe an hrn model"):
         load_checkpoint(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("content", [b"just some text\n", bytes(range(256)) * 8], ids=["text", "random"])
+def test_a_file_that_is_no_checkpoint_says_so_and_never_points_at_trust(tmp_path, image_files, content):
+    """No zip or pickle header: the answer is what the file is not, not the unsafe flag (which would not help)."""
+    bogus = tmp_path / "model.ckpt"
+    bogus.write_bytes(content)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(bogus)
+    assert "not a PyTorch checkpoint" in str(caught.value) and "trust_checkpoint" not in str(caught.value)
+    result = run_command("predict", f"ckpt_path={bogus}", f"images={image_files[0]}", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"hrn: error: ckpt_path={bogus}: not a PyTorch checkpoint (a file written by torch.save, as hrn.train "
+        "writes them)"
+    ], result.stderr

@@ -14,7 +14,7 @@ from hrn.cli.config import CONF_DIR
 from hrn.metrics.outputs import confusion_figure
 from hrn.reports import find_runs, markdown, summary
 from hrn.train import train
-from tests.test_train import TINY
+from tests.fixtures import TINY
 
 
 def test_the_unbalanced_tree_hint_names_dataset_pad():

@@ -1,44 +1,15 @@
 """Layer 4: end to end through the real Hydra config (compose API) and the real CLI (subprocess)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from hrn import Hierarchy
 from hrn.cli.build import SettingError, apply_matmul_precision, build_callbacks, resolve_matmul_precision
-from hrn.cli.config import CONF_DIR
 from hrn.train import train
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = [  # shrink the default synthetic run to seconds
-    "dataset.train_per_leaf=4",
-    "dataset.val_per_leaf=2",
-    "dataset.test_per_leaf=3",
-    "dataset.batch_size=16",
-    "model.width=32",
-    "model.dim=16",
-    "callbacks.progress_bar.refresh_rate=0",
-]
-LEVEL_KEYS = {
-    "test/acc_l1",
-    "test/acc_l2",
-    "test/acc_l3",
-    "test/acc_leaf_sigmoid",
-    "test/loss",
-    "test/loss_tree",
-    "test/loss_leaf_ce",
-}
-
-
-def make_cfg(run_dir: Path, *overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=[f"run_dir={run_dir}", *TINY, *overrides])
+from tests.fixtures import LEVEL_KEYS, TINY, CompileCounts, make_cfg, run_command
 
 
 def test_default_config_composes_with_all_groups(tmp_path):
@@ -124,17 +95,6 @@ def test_matmul_precision_key_is_applied_once_and_logged(
     assert ("CUDA compute capability 8.6" in line) == (gpu is not None and not overrides)
 
 
-class CompileCounts(L.Callback):
-    """How many graphs torch.compile had compiled (``graphs``, the ``compiled_graphs`` fixture) at the end of each
-    training epoch; added to a run through the config (+callbacks.compiles._target_=...)."""
-
-    graphs: list = []
-    counts: list = []
-
-    def on_train_epoch_end(self, trainer, module) -> None:
-        CompileCounts.counts.append(len(CompileCounts.graphs))
-
-
 @pytest.mark.slow
 def test_compiled_run_compiles_two_graphs_whatever_the_epochs_and_partial_batches(tmp_path, compiled_graphs):
     """compile=true over 3 epochs, batch 20: train 48 = 20+20+8, val 24 = 20+4, test 36 = 20+16, so every
@@ -146,7 +106,7 @@ def test_compiled_run_compiles_two_graphs_whatever_the_epochs_and_partial_batche
         "compile=true",
         "dataset.batch_size=20",
         "trainer.max_epochs=3",
-        "+callbacks.compiles._target_=tests.test_train.CompileCounts",
+        "+callbacks.compiles._target_=tests.fixtures.CompileCounts",
     )
     metrics = train(cfg)
     print(f"compiled graphs after each epoch: {CompileCounts.counts}, after the test: {len(compiled_graphs)}")
@@ -155,10 +115,8 @@ def test_compiled_run_compiles_two_graphs_whatever_the_epochs_and_partial_batche
     assert metrics["test/num_samples"] == 36
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hrn.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+def run_cli(*args: str, cwd: Path):
+    return run_command("train", *args, cwd=cwd)
 
 
 @pytest.mark.parametrize(
@@ -217,11 +175,10 @@ def test_cli_max_epochs_and_relabel_overrides(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_run_reaches_the_target_accuracy(tmp_path):
+def test_default_run_reaches_the_target_accuracy(default_run):
     """`make train`'s run: level 1 >= 0.95 and the leaf level >= 0.80 on the synthetic test split."""
-    result = run_cli(f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((default_run.folder / "metrics.json").read_text())
     print({k: round(v, 4) for k, v in metrics.items()})
     assert metrics["test/acc_l1"] >= 0.95
     assert metrics["test/acc_l3"] >= 0.80
+    assert "level    classes  accuracy" in default_run.stdout

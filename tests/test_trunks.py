@@ -26,7 +26,7 @@ from hrn.nets import CHMCNN, HMCLMLP, HMCNF, ChangNet, ModelError, build_trunk
 from hrn.nets.timm_trunk import TimmTrunk
 from hrn.train import train
 from tests import fixtures
-from tests.test_train import TINY
+from tests.fixtures import TINY
 
 CONVNET, VIT = "timm:convnext_atto", "timm:vit_tiny_patch16_224"
 
