@@ -392,6 +392,21 @@ class CompileCounts(L.Callback):
         CompileCounts.counts.append(len(CompileCounts.graphs))
 
 
+class RecordOrder(L.Callback):
+    """A Lightning callback that writes, for each training batch, ``{"epoch", "rank", "index"}`` (the dataset
+    indices of its images) as one JSON line to ``<folder>/order-rank<r>.jsonl``: what each DDP process saw. Added
+    through the config: ``+callbacks.order._target_=tests.fixtures.RecordOrder +callbacks.order.folder=DIR``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        line = {"epoch": trainer.current_epoch, "rank": trainer.global_rank, "index": batch.index.tolist()}
+        with (self.folder / f"order-rank{trainer.global_rank}.jsonl").open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
 @dataclass
 class Ran:
     """What a command run by :func:`run_command` left: its exit status and what it printed."""

@@ -1,8 +1,6 @@
 """Layer 4: one fast_dev_run training per dataset through the real Hydra config, and `python -m hrn.inspect`."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from hrn.cli.errors import report_errors
 from hrn.data.augment import default_padding
 from hrn.train import train
 from tests import fixtures
+from tests.fixtures import run_command
 
 WRITERS = {
     "cub": fixtures.write_cub,
@@ -89,15 +88,12 @@ def test_offline_imagenet_weights_say_how_to_fix(roots, tmp_path, monkeypatch, c
 
 
 def inspect(*args: str, cwd: Path) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "hrn.inspect", *args, f"hydra.run.dir={cwd}"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_command("inspect", *args, cwd=cwd)
     assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    # stdout is the one JSON document and nothing else (hrn.inspect | jq .), the logs go to stderr
+    (line,) = result.stdout.strip().splitlines()
+    assert not list(cwd.iterdir()), "hrn.inspect writes no run folder"
+    return json.loads(line)
 
 
 def test_inspect_cub_at_half_relabel(roots, tmp_path):
@@ -124,20 +120,7 @@ def test_inspect_folder_with_degrade(roots, tmp_path):
 
 
 def test_inspect_bad_root_is_one_line(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hrn.inspect",
-            "dataset=cub",
-            f"dataset.root={tmp_path}/none",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_command("inspect", "dataset=cub", f"dataset.root={tmp_path}/none", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("hrn: error: dataset.root=")
     assert "Traceback" not in result.stderr

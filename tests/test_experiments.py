@@ -1,8 +1,6 @@
 """Layer 4: the experiment configs compose, the per-ratio settings apply, and a Hydra multirun works."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from hrn.cli.config import CONF_DIR, apply_ratio_settings
-from tests.fixtures import TINY
+from tests.fixtures import TINY, run_command
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 
@@ -68,22 +66,10 @@ def test_study_sweeps_combine_with_a_paper_setting():
 @pytest.mark.slow
 def test_multirun_of_two_tiny_runs(tmp_path):
     sweep = tmp_path / "sweep"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hrn.train",
-            "-m",
-            "trainer.fast_dev_run=true",
-            "relabel_ratio=0,0.5",
-            *TINY,
-            f"hydra.sweep.dir={sweep}",
-        ],
+    result = run_command(
+        "train", "-m", "trainer.fast_dev_run=true", "relabel_ratio=0,0.5", *TINY, f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in runs] == ["0", "1"]
@@ -110,3 +96,30 @@ def test_each_loss_trains_through_the_real_config(tmp_path, loss):
     metrics = train(cfg)
     assert all(v == v for v in metrics.values())  # no NaN
     assert metrics["test/num_samples"] == 16  # fast_dev_run tests one batch of 16
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_end_the_sweep_and_the_report_lists_it(tmp_path):
+    """Job 0 is refused (relabel_ratio=1.5), job 1 runs; the sweep says which failed and exits 1. hrn.report then
+    counts one finished and one rejected run, and a folder whose Hydra files are broken does not stop it."""
+    sweep = tmp_path / "sweep"
+    result = run_command(
+        "train", "-m", "trainer.fast_dev_run=true", "relabel_ratio=1.5,0.5", *TINY, f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("hrn: error:")]
+    assert errors[0].startswith("hrn: error: job 0 (") and "relabel_ratio=1.5 is outside [0, 1)" in errors[0]
+    assert errors[1] == "hrn: error: 1 job(s) of the sweep failed:" and "Traceback" not in result.stderr
+    failed = json.loads((sweep / "0" / "failed.json").read_text())
+    assert failed["kind"] == "rejected" and "relabel_ratio=1.5" in failed["overrides"]
+    assert "test/acc_l1" in json.loads((sweep / "1" / "metrics.json").read_text())
+    assert not (sweep / "1" / "failed.json").exists()
+
+    broken = sweep / "9" / ".hydra"
+    broken.mkdir(parents=True)
+    (broken / "overrides.yaml").write_text("- relabel_ratio=abc\n- [unclosed\n")
+    report = run_command("report", str(sweep), "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    results = (tmp_path / "report" / "results.md").read_text()
+    assert "3 runs" in results and "1 rejected" in results and "1 unreadable" in results

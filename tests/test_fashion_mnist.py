@@ -3,8 +3,6 @@ protocols, training through the real Hydra config, and one short run on the real
 
 import gzip
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from hrn.data.protocols import apply_protocols
 from hrn.evaluate import evaluate
 from hrn.train import train
 from tests import fixtures
+from tests.fixtures import run_command
 
 SMALL = {"resize": 20, "crop": 16, "padding": 1}
 PER_CLASS = (6, 2)  # the fixture's train / test images per class
@@ -261,13 +260,13 @@ def test_fast_dev_run_per_loss(root, tmp_path, choice):
 
 
 def test_cli_bad_root_is_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "hrn.train", "dataset=fashion_mnist", f"dataset.root={tmp_path}/none", f"hydra.run.dir={tmp_path}"],
+    result = run_command(
+        "train",
+        "dataset=fashion_mnist",
+        f"dataset.root={tmp_path}/none",
+        f"hydra.run.dir={tmp_path}",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )  # fmt: skip
+    )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("hrn: error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr

@@ -1,7 +1,6 @@
 """The logger configs (csv, tensorboard, mlflow, wandb): they compose alone and together, write under the run
 directory, and a missing library is one line before any work."""
 
-import subprocess
 import sys
 
 import pytest
@@ -9,7 +8,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from hrn.cli.build import MissingPackageError, build_loggers
 from hrn.train import train
-from tests.fixtures import make_cfg
+from tests.fixtures import make_cfg, run_command
 
 ONE_EPOCH = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
 
@@ -56,18 +55,10 @@ def test_missing_logger_library_is_one_line(tmp_path, monkeypatch, logger, modul
     assert "\n" not in str(e.value)
 
 
-def test_cli_missing_logger_library_exits_2_before_training(tmp_path):
+def test_cli_missing_logger_library_exits_2_before_training(tmp_path, monkeypatch):
     # the CLI with wandb made unimportable, whether or not it is installed here
-    code = (
-        "import sys, runpy; sys.modules['wandb'] = None; runpy.run_module('hrn.train', run_name='__main__')"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code, "logger=wandb", f"hydra.run.dir={tmp_path}"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    result = run_command("train", "logger=wandb", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert (
         result.stderr.strip()

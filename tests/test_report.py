@@ -4,8 +4,6 @@ import csv
 import json
 import math
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from PIL import Image
 
 from hrn.report import main
 from hrn.reports import DEFAULT_METHOD, find_runs, method_of, shared_settings, summary
+from tests.fixtures import run_command
 
 LEAF_CE = "loss=leaf_ce"
 # (method, ratio, seed) -> test/acc_l1, test/acc_l2, test/ap_micro; dyadic numbers, so means are exact
@@ -214,9 +213,7 @@ def test_no_runs_is_an_error(tmp_path, capsys):
 
 def test_missing_dir_cli(tmp_path):
     missing = tmp_path / "nope"
-    result = subprocess.run(
-        [sys.executable, "-m", "hrn.report", str(missing)], capture_output=True, text=True, timeout=120
-    )
+    result = run_command("report", str(missing))
     assert result.returncode == 2
     assert result.stderr.strip() == f"hrn: error: {missing}: no such directory"
     assert result.stdout == ""

@@ -4,8 +4,6 @@ commands that work from a checkpoint alone."""
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from hrn.nets import CHMCNN, HMCLMLP, HMCNF, ChangNet, ModelError, build_trunk
 from hrn.nets.timm_trunk import TimmTrunk
 from hrn.train import train
 from tests import fixtures
-from tests.fixtures import TINY
+from tests.fixtures import TINY, run_command
 
 CONVNET, VIT = "timm:convnext_atto", "timm:vit_tiny_patch16_224"
 
@@ -184,11 +182,8 @@ def test_a_timm_run_trains_and_its_checkpoint_describes_the_trunk(timm_run):
 @pytest.mark.slow
 def test_predict_export_and_gradcam_work_from_a_timm_checkpoint(timm_run, image_files, tmp_path):
     name, ckpt, _ = timm_run
-    env_run = [sys.executable, "-m"]
     images = f"images=[{','.join(map(str, image_files))}]"
-    predicted = subprocess.run(
-        [*env_run, "hrn.predict", f"ckpt_path={ckpt}", images], capture_output=True, text=True, timeout=300
-    )
+    predicted = run_command("predict", f"ckpt_path={ckpt}", images, cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     lines = [json.loads(line) for line in predicted.stdout.splitlines()]
     assert len(lines) == 2 and all(len(r["path_prediction"]) == 3 for r in lines)
@@ -199,11 +194,8 @@ def test_predict_export_and_gradcam_work_from_a_timm_checkpoint(timm_run, image_
             6,
             12,
         ]
-    cams = subprocess.run(
-        [*env_run, "hrn.gradcam", f"ckpt_path={ckpt}", images, f"out={tmp_path / 'cams.png'}", "layer=trunk"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    cams = run_command(
+        "gradcam", f"ckpt_path={ckpt}", images, f"out={tmp_path / 'cams.png'}", "layer=trunk", cwd=tmp_path
     )
     assert cams.returncode == 0, cams.stderr[-2000:]
     assert Image.open(tmp_path / "cams.png").size == (4 * 200, 2 * 200)
