@@ -21,10 +21,10 @@ train: $(STAMP)  ## the default synthetic run on CPU; extra Hydra overrides in A
 	$(PY) -m hrn.train $(ARGS)
 
 test: $(STAMP)  ## the whole suite, slow tests included
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -n auto --durations=10
 
 test-fast: $(STAMP)  ## skips tests marked slow
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hrn tests

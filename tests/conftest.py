@@ -94,3 +94,24 @@ def default_run(shared_dir) -> fixtures.TrainedRun:
 
     folder, result = fixtures.once_per_session(shared_dir, "default-run", make)
     return fixtures.TrainedRun(folder, json.loads((folder / "metrics.json").read_text()), result["stdout"])
+
+
+# ---------------------------------------------------------------- markers
+
+SHARED_RUNS = {"tiny_run", "learnt_run", "default_run", "unbroken", "timm_run"}
+INTEGRATION_MODULES = {
+    "test_command_line", "test_datasets_e2e", "test_evaluate", "test_experiments", "test_export", "test_install",
+    "test_notebooks", "test_reliability", "test_safety", "test_scale", "test_train", "test_gradcam",
+    "test_confident", "test_fashion_mnist", "test_taxonomy", "test_trunks", "test_loggers", "test_report",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Each test is ``unit`` or ``integration`` (``pytest -m unit`` runs the fast layer alone): integration when it
+    uses a shared trained run or sits in a module of commands and end-to-end runs, unit otherwise."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        shared = SHARED_RUNS & set(getattr(item, "fixturenames", ()))
+        item.add_marker(
+            pytest.mark.integration if shared or module in INTEGRATION_MODULES else pytest.mark.unit
+        )

@@ -222,3 +222,26 @@ def test_in_memory_images_pickle_without_a_second_copy():
     back = pickle.loads(pickle.dumps(source))
     np.testing.assert_array_equal(back.image(3, 1.0), source.image(3, 1.0))
     assert back.image(3, 1.0).shape == (1, 32, 32)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_eval_transform_sees_what_the_test_loader_scores_on_non_square_jpegs(tmp_path, cache):
+    """No train/serve skew: 375 x 500 JPEGs resized to 550 and cropped to 448 (the paper's test transform) give
+    hrn.predict's transform (eval_transform) exactly the pixels hrn.evaluate's loader gives, decoded or cached."""
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    (root / "tree.csv").write_text("parent,child\na,b\na,c\n")
+    rows = ["path,label,split"]
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        field = rng.integers(0, 255, (15, 20, 3), dtype=np.uint8)
+        Image.fromarray(field).resize((500, 375), Image.BICUBIC).save(root / "img" / f"{i}.jpg", quality=90)
+        rows.append(f"img/{i}.jpg,{'bc'[i % 2]},{'train' if i < 4 else 'test'}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    data = folder(str(root), resize=550, crop=448, cache=cache, cache_dir=str(tmp_path / "c"), num_workers=0)
+    test = next(iter(data.loader("test")))
+    assert len(test.index) == 2
+    for image, i in zip(normalize(test.images), test.index.tolist(), strict=True):
+        with Image.open(data.test.paths[i]) as im:
+            assert im.size == (500, 375)
+            torch.testing.assert_close(image, eval_transform(550, 448)(im), rtol=0, atol=0)

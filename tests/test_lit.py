@@ -143,7 +143,7 @@ def test_real_hrn_trains_a_step_and_the_checkpoint_describes_itself(tree, tmp_pa
     t.fit(module, data)
     assert torch.isfinite(t.callback_metrics["train/loss_step"])
     t.save_checkpoint(tmp_path / "m.ckpt")
-    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
     assert Hierarchy.from_dict(ckpt[CHECKPOINT_KEY]["tree"]) == tree
     assert ckpt[CHECKPOINT_KEY]["tree"]["levels"][0] == ["a", "x"]
     assert ckpt[CHECKPOINT_KEY]["net"] == {"_target_": "hrn.nets.HRN", "trunk": "resnet18"}

@@ -92,7 +92,7 @@ def test_nan_loss_stops_with_step_and_term_after_saving_the_last_good_state(tree
     assert "\n" not in str(e.value)
     saved = tmp_path / "checkpoints" / "last-good-step2.ckpt"  # beside the run's other checkpoints
     assert saved.is_file() and str(saved) in str(e.value)
-    state = torch.load(saved, weights_only=False)["state_dict"]
+    state = torch.load(saved, weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
@@ -115,7 +115,7 @@ class InfGradLoss(CompositeLoss):
 def test_non_finite_gradient_stops_before_the_update(tree, tmp_path):
     with pytest.raises(NonFiniteError, match=r"^step 1: a gradient is not finite"):
         _fit(tree, InfGradLoss(tree), tmp_path)
-    state = torch.load(tmp_path / "checkpoints" / "last-good-step1.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(tmp_path / "checkpoints" / "last-good-step1.ckpt", weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 

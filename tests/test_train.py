@@ -46,7 +46,7 @@ def test_relabelled_run_keeps_checkpoints_logs_and_tree(tmp_path):
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and any(n.startswith("best-epoch") for n in ckpts)
     assert (tmp_path / "csv" / "metrics.csv").is_file()
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     h = Hierarchy.from_dict(ckpt["hrn"]["tree"])
     assert h.level_sizes == [3, 6, 12]
     assert ckpt["hrn"]["net"]["trunk"] == "resnet18"
