@@ -63,13 +63,19 @@ def test_study_sweeps_combine_with_a_paper_setting():
     assert cfg.dataset._target_ == "hrn.data.cub.cub"
 
 
-@pytest.mark.slow
-def test_multirun_of_two_tiny_runs(tmp_path):
+def tiny_sweep(tmp_path: Path, ratios: str):
+    """``hrn.train -m`` of two fast_dev_run jobs over ``relabel_ratio=ratios``, into ``tmp_path/sweep``."""
     sweep = tmp_path / "sweep"
     result = run_command(
-        "train", "-m", "trainer.fast_dev_run=true", "relabel_ratio=0,0.5", *TINY, f"hydra.sweep.dir={sweep}",
+        "train", "-m", "trainer.fast_dev_run=true", f"relabel_ratio={ratios}", *TINY, f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )  # fmt: skip
+    return result, sweep
+
+
+@pytest.mark.slow
+def test_multirun_of_two_tiny_runs(tmp_path):
+    result, sweep = tiny_sweep(tmp_path, "0,0.5")
     assert result.returncode == 0, result.stderr[-2000:]
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in runs] == ["0", "1"]
@@ -102,11 +108,7 @@ def test_each_loss_trains_through_the_real_config(tmp_path, loss):
 def test_a_failing_job_does_not_end_the_sweep_and_the_report_lists_it(tmp_path):
     """Job 0 is refused (relabel_ratio=1.5), job 1 runs; the sweep says which failed and exits 1. hrn.report then
     counts one finished and one rejected run, and a folder whose Hydra files are broken does not stop it."""
-    sweep = tmp_path / "sweep"
-    result = run_command(
-        "train", "-m", "trainer.fast_dev_run=true", "relabel_ratio=1.5,0.5", *TINY, f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
-    )  # fmt: skip
+    result, sweep = tiny_sweep(tmp_path, "1.5,0.5")
     assert result.returncode == 1, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("hrn: error:")]
     assert errors[0].startswith("hrn: error: job 0 (") and "relabel_ratio=1.5 is outside [0, 1)" in errors[0]

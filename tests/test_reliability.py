@@ -67,8 +67,10 @@ class PoisonedLoss(CompositeLoss):
         return LossTerms(sum(poisoned.values()), poisoned)
 
 
-def _fit(h, loss, tmp_path, steps=5):
-    # small: float16 convolutions run slowly on a CPU
+def _fit(h, loss, tmp_path, steps=5, precision=None):
+    """A few training steps of a small HRN on random images; ``precision``: a Lightning precision plugin (the
+    16-bit runs with a GradScaler). Returns the module and the trainer."""
+    # small: float16 convolutions run slowly on a CPU, and no test here needs a bigger network
     net = HRN(h, trunk="resnet18", width=8, dim=8)
     module = HRNModule(net, loss, h, functools.partial(torch.optim.SGD, lr=0.01))
     data = DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.tensor([5, 6, 7, 8] * 2)), batch_size=4)
@@ -80,10 +82,10 @@ def _fit(h, loss, tmp_path, steps=5):
         enable_model_summary=False,
         default_root_dir=tmp_path,
         limit_val_batches=0,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *([precision] if precision else [])],
     )
     trainer.fit(module, data)
-    return module
+    return module, trainer
 
 
 def test_nan_loss_stops_with_step_and_term_after_saving_the_last_good_state(tree, tmp_path):
@@ -250,21 +252,7 @@ def _fit_scaled(h, loss, tmp_path, steps):
     from lightning.pytorch.plugins.precision import MixedPrecision
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    # small: float16 convolutions run slowly on a CPU
-    net = HRN(h, trunk="resnet18", width=8, dim=8)
-    module = HRNModule(net, loss, h, functools.partial(torch.optim.SGD, lr=0.01))
-    data = DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.tensor([5, 6, 7, 8] * 2)), batch_size=4)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        limit_val_batches=0,
-        plugins=[AtomicCheckpointIO(), MixedPrecision("16-mixed", "cpu", scaler=scaler)],
-    )
-    trainer.fit(module, data)
+    module, trainer = _fit(h, loss, tmp_path, steps, MixedPrecision("16-mixed", "cpu", scaler=scaler))
     return module, scaler, trainer
 
 
