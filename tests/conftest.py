@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from hrn import Hierarchy
 from tests import fixtures
@@ -106,9 +107,27 @@ INTEGRATION_MODULES = {
 }  # fmt: skip
 
 
+FIRST = {
+    "default_run",
+    "unbroken",
+}  # the longest trainings: started first, so no worker waits on one at the end
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist each worker gets its share of the cores for torch (and the processes it starts): two
+    workers with a thread per core each would fight over the cores and run several times slower."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(items) -> None:
     """Each test is ``unit`` or ``integration`` (``pytest -m unit`` runs the fast layer alone): integration when it
-    uses a shared trained run or sits in a module of commands and end-to-end runs, unit otherwise."""
+    uses a shared trained run or sits in a module of commands and end-to-end runs, unit otherwise. The tests of
+    the longest runs go first (a stable sort: the rest keep their order)."""
+    items.sort(key=lambda item: not FIRST & set(getattr(item, "fixturenames", ())))
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         shared = SHARED_RUNS & set(getattr(item, "fixturenames", ()))

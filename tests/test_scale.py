@@ -221,7 +221,12 @@ def test_bench_e2e_times_whole_epochs_against_the_step_alone(tmp_path):
 
 
 def _run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the training callback comes from tests.fixtures: the checkout on the path, wherever the process starts
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(fixtures.ROOT), *sys.path[1:]]),
+    }
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
     )
