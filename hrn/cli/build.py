@@ -16,6 +16,7 @@ from hrn.data.protocols import apply_protocols
 from hrn.description import ModelDescription
 from hrn.errors import HRNError
 from hrn.metrics.hierarchical import check_threshold
+from hrn.nets.weights import first_line
 from hrn.trained import describe_network
 from hrn.tree import Hierarchy
 from hrn.version import __version__
@@ -167,12 +168,18 @@ def build_trainer(cfg: DictConfig, loggers: list):
     # network's guards tell apart: test would compile a third graph. no_grad for both keeps the one eval graph.
     compiled = {"inference_mode": False} if cfg.get("compile", False) else {}
     check_trainer_keys(cfg.trainer)
+    try:  # apart from the Trainer's own refusal, so a callback that cannot be built is not blamed on the Trainer
+        callbacks = build_callbacks(cfg)
+    except HRNError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a callback's _target_ or arguments, wrapped by Hydra's instantiate
+        raise SettingError(f"callbacks: cannot build them: {_innermost(e)}") from None
     # _convert_="partial": the lists reach the Trainer as lists, not OmegaConf ListConfigs (Lightning 2.4 takes a
     # ListConfig of plugins for one plugin of an unknown type)
     try:
         return instantiate(
             cfg.trainer,
-            callbacks=build_callbacks(cfg),
+            callbacks=callbacks,
             logger=loggers or False,
             plugins=[AtomicCheckpointIO()],
             _convert_="partial",
@@ -203,7 +210,7 @@ def _innermost(e: BaseException) -> str:
     """The first line of the error behind Hydra's wrapping of it."""
     while e.__cause__ is not None:
         e = e.__cause__
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return first_line(e)
 
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's values
