@@ -31,6 +31,7 @@ __all__ = [
     "ImageSource",
     "LabelledImages",
     "TensorImages",
+    "check_count",
     "usable_workers",
 ]
 
@@ -39,6 +40,15 @@ log = logging.getLogger(__name__)
 
 class DataError(HRNError):
     """Bad data or a bad data setting. One line, naming the file, key or value and how to fix it."""
+
+
+def check_count(key: str, value, least: int, what: str = "") -> None:
+    """One line unless ``value`` is a whole number (not a bool) of at least ``least``; ``what`` says what it
+    counts."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise DataError(
+            f"{key}={value!r}: must be a whole number, at least {least}" + (f" ({what})" if what else "")
+        )
 
 
 def usable_workers(requested: int) -> int:
@@ -288,9 +298,8 @@ class DataSplits:
     seed: int = 0  # training order and augmentations (set from the run's seed by the protocols)
 
     def __post_init__(self) -> None:
-        for key, value, least in (("batch_size", self.batch_size, 1), ("num_workers", self.num_workers, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise DataError(f"dataset.{key}={value!r}: must be a whole number, at least {least}")
+        check_count("dataset.batch_size", self.batch_size, 1)
+        check_count("dataset.num_workers", self.num_workers, 0)
         self.num_workers = usable_workers(self.num_workers)
         a = self.augment
         self.info.update(resize=a.resize, crop=a.crop, padding=a.padding)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from hrn.checkpoints import LoadedModel, load_checkpoint
-from hrn.data.base import DataError
+from hrn.data.base import DataError, check_count
 from hrn.data.files import ImageFiles, expand_images
 from hrn.metrics.hierarchical import check_threshold
 from hrn.nets import ModelError
@@ -95,12 +95,8 @@ ON_BAD_IMAGE = ("error", "skip")
 
 def check_batch_settings(top_k: int, batch_size: int, on_bad_image: str = "error") -> None:
     """One line for a ``top_k`` or ``batch_size`` under 1, or an ``on_bad_image`` other than error / skip."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise DataError(f"top_k={top_k}: must be a whole number, at least 1")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DataError(
-            f"batch_size={batch_size}: must be a whole number, at least 1 (images per forward pass)"
-        )
+    check_count("top_k", top_k, 1)
+    check_count("batch_size", batch_size, 1, "images per forward pass")
     if on_bad_image not in ON_BAD_IMAGE:
         raise DataError(f"on_bad_image={on_bad_image!r}: expected 'error' or 'skip'")
 
