@@ -429,3 +429,27 @@ def test_decode_failure_while_caching_names_the_file(copy_of):
         data.loader("train")
     assert "\n" not in str(e.value)
     assert not list(data.train.source.folder.glob(".*.tmp"))  # the half-built cache is gone
+
+
+def test_a_path_listed_twice_in_labels_csv_is_refused_with_both_lines(tmp_path):
+    root = fixtures.write_folder(tmp_path)
+    rows = (root / "labels.csv").read_text().splitlines()
+    path = rows[3].split(",")[0]
+    (root / "labels.csv").write_text("\n".join([*rows, f"{path},Oak,train"]) + "\n")
+    with pytest.raises(DataError) as e:
+        folder(str(root))
+    assert str(e.value) == (
+        f"{root / 'labels.csv'}:{len(rows) + 1}: {path} is listed again (first at line 4); an image has one label "
+        "and one split: keep one of the two rows"
+    )
+
+
+def test_a_training_split_of_one_image_is_one_line(tmp_path):
+    root = fixtures.write_folder(tmp_path)
+    header, *rows = (root / "labels.csv").read_text().splitlines()
+    train = [r for r in rows if r.endswith(",train")]
+    keep = [r for r in rows if not r.endswith(",train")] + train[:1]
+    (root / "labels.csv").write_text("\n".join([header, *keep]) + "\n")
+    data = folder(str(root), num_workers=0)
+    with pytest.raises(DataError, match=r"split has 1 image; training needs at least 2 \(BatchNorm"):
+        data.loader("train")

@@ -227,3 +227,56 @@ def test_evaluate_cli(trained, tmp_path):
     torch.save({"epoch": 1}, foreign)
     bad = run("hrn.evaluate", f"ckpt_path={foreign}", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert bad.returncode == 2 and "not an HRN checkpoint" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_predict_skips_an_undecodable_image_when_asked(trained, images, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    files = f"images=[{images}/img0.png,{bad},{images}/img2.png]"
+    skip = run(
+        "hrn.predict", f"ckpt_path={trained[0]}", files, "on_bad_image=skip", "batch_size=2", cwd=tmp_path
+    )
+    assert skip.returncode == 0, skip.stderr[-2000:]
+    assert [json.loads(line)["path"] for line in skip.stdout.splitlines()] == [
+        f"{images}/img0.png",
+        f"{images}/img2.png",
+    ]
+    assert str(bad) in skip.stderr
+    stop = run("hrn.predict", f"ckpt_path={trained[0]}", files, cwd=tmp_path)
+    assert stop.returncode == 2 and stop.stdout == ""
+    assert (
+        stop.stderr.strip().splitlines()[-1].endswith("or pass on_bad_image=skip to predict the other files")
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "line"),
+    [
+        ("predict", ["batch_size=0"], "hrn: error: batch_size=0: must be a whole number, at least 1 (images per"),
+        ("predict", ["batch_size=-1"], "hrn: error: batch_size=-1: must be a whole number, at least 1 (images per"),
+        ("predict", ["top_k=0"], "hrn: error: top_k=0: must be a whole number, at least 1"),
+        ("predict", ["on_bad_image=ignore"], "hrn: error: on_bad_image='ignore': expected 'error' or 'skip'"),
+        ("evaluate", ["dataset.batch_size=0"], "hrn: error: dataset.batch_size=0: must be a whole number, at least 1"),
+        ("train", ["dataset.batch_size=0"], "hrn: error: dataset.batch_size=0: must be a whole number, at least 1"),
+        ("train", ["trainer.precision=bf17"], "hrn: error: trainer: Lightning's Trainer refuses the settings: "),
+        ("train", ["+trainer.foo=1"], "hrn: error: trainer.foo: not an argument of Lightning's Trainer"),
+    ],
+)  # fmt: skip
+def test_bad_settings_are_one_line(trained, images, tmp_path, command, args, line):
+    where = {
+        "predict": [f"ckpt_path={trained[0]}", f"images={images}"],
+        "evaluate": [f"ckpt_path={trained[0]}", f"hydra.run.dir={tmp_path / 'run'}"],
+        "train": ["trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path / 'run'}"],
+    }[command]
+    result = run(f"hrn.{command}", *where, *args, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [x for x in result.stderr.splitlines() if x.startswith("hrn: error:")]
+    assert len(errors) == 1 and errors[0].startswith(line), result.stderr[-2000:]
+    assert result.stdout == "" and not (tmp_path / "run").exists()  # a refused run leaves no folder
+
+
+def test_a_missing_config_dir_is_one_line(tmp_path):
+    result = run("hrn.train", "--config-dir", str(tmp_path / "nope"), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("hrn: error: --config-dir") and str(tmp_path / "nope") in line, line
