@@ -56,12 +56,24 @@ def test_hand_computed_values(tree):
     assert out["consistency"] == 0.75
     assert out["mistake_severity"] == pytest.approx((1 + 3) / 2)
     assert out["num_samples"] == 4
-    # marginals from sigmoid scores: check against a direct argmax per level
-    for lvl in range(3):
-        lo, hi = h.offsets[lvl], h.offsets[lvl + 1]
-        pred = marginals[:, lo:hi].argmax(1)
-        truth = h.ancestor_at_level[lvl, targets]
-        assert out[f"acc_l{lvl + 1}_marginal"] == pytest.approx((pred == truth).float().mean().item())
+    assert out["tice"] == 0.25  # sample 3 alone: its leaf z does not sit under its level-2 c
+    assert out["wap"] == pytest.approx((2 * 1.0 + 3 * 1.0 + 4 * 0.5) / 9)  # weighted by 2, 3 and 4 classes
+
+
+def test_marginal_accuracies_take_the_argmax_of_the_given_marginals_in_each_level(tree):
+    h = tree
+    targets = torch.tensor([h.index(n) for n in ("d", "e", "f", "z")])
+    sig, leaf = outputs(h, [("a", "b", "d", "d")] * 4)  # the paper heads play no part here
+    argmax = [("a", "b", "d"), ("a", "b", "d"), ("x", "y", "z"), ("x", "y", "z")]  # one path per sample
+    marginals = torch.full((4, h.num_nodes), 0.05)
+    for i, path in enumerate(argmax):
+        for depth, name in enumerate(path):
+            marginals[i, h.index(name)] = 0.9 - 0.1 * depth
+    m = HierarchicalMetrics(h)
+    m.update(sig, leaf, marginals, targets)
+    out = {k: v.item() for k, v in m.compute().items()}
+    # level 1: a a x x against a a a x; level 2: b b y y against b b c y; level 3: d d z z against d e f z
+    assert (out["acc_l1_marginal"], out["acc_l2_marginal"], out["acc_l3_marginal"]) == (0.75, 0.75, 0.5)
 
 
 def test_no_mistakes_means_zero_severity_and_duplicates_count_once(tree):
