@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
             sizes = dict(train=6000, test=5800, resize=550, crop=448, batch=32, trunk="resnet50")
             speed = dict(precision="bf16-mixed", channels_last=True)
         else:  # what a 2-core CPU gets through in minutes: the same pipeline, a small model and image
-            n = 64 if args.quick else 320
-            sizes = dict(train=n, test=n // 2, resize=128, crop=112, batch=16, trunk="resnet18")
+            n, resize, crop = (64, 72, 64) if args.quick else (320, 128, 112)
+            sizes = dict(train=n, test=n // 2, resize=resize, crop=crop, batch=16, trunk="resnet18")
             speed = dict(precision="32-true", channels_last=False)
         result["e2e"] = bench_e2e(
             device, **sizes, **speed, workers=workers, compile=args.compile, epochs=2 if args.quick else 3

@@ -206,7 +206,7 @@ def test_bench_times_timm_trunks_and_the_stems(tmp_path, capsys):
     assert stems["map_side"] == {"standard": 1, "small, stride 2": 2, "small, stride 1": 4}
     assert stems["slowdown"]["standard"] == 1 and stems["slowdown"]["small, stride 1"] > 0
     out = capsys.readouterr().out
-    assert "timm:vit_tiny_patch16_224 at 112 px" in out and "small, stride 2" in out
+    assert "timm:vit_tiny_patch16_224 at 64 px" in out and "small, stride 2" in out
 
 
 @pytest.mark.slow

@@ -88,7 +88,7 @@ def bench_data(quick: bool, device: torch.device, workers: int | None = None) ->
     from hrn.data.base import EpochShuffleSampler
     from hrn.data.folder import folder
 
-    count = 48 if quick else 480
+    count = 32 if quick else 480
     workers = workers if workers is not None else (2 if quick else min(8, max(1, (os.cpu_count() or 2) - 1)))
     epochs = 1 if quick else 2
     rows = []
@@ -135,7 +135,7 @@ def bench_small_images(quick: bool) -> dict:
     from hrn.data.fashion_mnist import DEBIAN_ROOT, fashion_mnist
     from hrn.data.folder import folder
 
-    per_class = 20 if quick else 200
+    per_class = 10 if quick else 200
     sizes = dict(batch_size=128, num_workers=0, resize=32, crop=32, padding=2, val_fraction=0)
     try:
         memory = fashion_mnist(DEBIAN_ROOT, train_per_class=per_class, test_per_class=1, **sizes)

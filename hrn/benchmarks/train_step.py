@@ -58,7 +58,7 @@ def _batch(h: Hierarchy, size: int, batch: int, device):
 def bench_train_step(quick: bool, device: torch.device) -> dict:
     """Paired train steps of HRN (CUB tree, ResNet-50) and a plain ResNet-50 classifier on the same batch."""
     h = Hierarchy.from_csv(shipped("cub.csv"))
-    size, batch, pairs = (112, 4, 3) if quick else (224, 8, 5)
+    size, batch, pairs = (64, 2, 2) if quick else (224, 8, 5)
     images, targets = _batch(h, size, batch, device)
     nets = {
         "hrn": (HRN(h, trunk="resnet50"), CompositeLoss(h).to(device)),
@@ -84,7 +84,7 @@ def bench_timm_train_steps(quick: bool, device: torch.device) -> list[dict]:
     import timm
 
     h = Hierarchy.from_csv(shipped("cub.csv"))
-    size, batch, pairs = (112, 4, 3) if quick else (224, 8, 5)
+    size, batch, pairs = (64, 2, 2) if quick else (224, 8, 5)
     images, targets = _batch(h, size, batch, device)
     rows = []
     for trunk in TIMM_TRUNKS_QUICK if quick else TIMM_TRUNKS:
@@ -121,7 +121,7 @@ def bench_stems(quick: bool, device: torch.device) -> dict:
     from hrn.data.fashion_mnist import fashion_mnist_hierarchy
 
     h = fashion_mnist_hierarchy()
-    batch, pairs = (32, 2) if quick else (128, 5)
+    batch, pairs = (16, 2) if quick else (128, 5)
     images, targets = _batch(h, 32, batch, device)
     stems = {
         "standard": {},
