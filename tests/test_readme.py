@@ -50,7 +50,7 @@ def test_the_snippet_runs_as_written(number, snippet_dir, monkeypatch):
     (snippet_dir / "cams.png").unlink(missing_ok=True)
     code = compile(BLOCKS[number], f"README.md, python block {number + 1}", "exec")
     namespace: dict = {"__name__": "__main__"}
-    exec(code, namespace)  # noqa: S102: the README's own code
+    exec(code, namespace)  # noqa: S102 (the README's own code)
     if "save_figure(" in BLOCKS[number]:
         assert (snippet_dir / "cams.png").stat().st_size > 0
     if "session.run(" in BLOCKS[number]:
