@@ -284,7 +284,7 @@ def test_short_epoch_on_the_real_files_beats_chance(tmp_path):
     above chance, and the class names (one with a slash) in the per-class table."""
     cfg = make_cfg(
         tmp_path / "train",
-        "dataset.train_per_class=200",  # 1,800 training images after the 10 % validation share
+        "dataset.train_per_class=100",  # 900 training images after the 10 % validation share
         "dataset.test_per_class=50",
         "dataset.batch_size=32",
         "dataset.resize=32",
