@@ -5,7 +5,7 @@ fitted), a bound or any other value that merely lowers the NLL."""
 import pytest
 import torch
 
-from hrn.calibration import SplitOutputs, fit_temperatures
+from hrn.calibration import TEMPERATURE_BOUNDS, SplitOutputs, fit_temperatures, minimum_held_out
 from tests.fixtures import random_tree
 
 HIDDEN = 3.0
@@ -54,3 +54,35 @@ def test_calibrated_scores_are_left_alone():
     h, scores, targets, leaf_logits, _ = leaf_labelled(seed=3)
     record = fit_temperatures(SplitOutputs(scores, leaf_logits, targets), h, tree_scores="sigmoid")
     assert record["tree_temperature"] == pytest.approx([1.0] * h.num_levels, rel=0.1)
+
+
+def no_level_worse(record: dict) -> bool:
+    nll = record["nll"]["tree"]
+    return all(a <= b + 1e-12 for a, b in zip(nll["levels_after"], nll["levels_before"], strict=True))
+
+
+def test_a_level_the_fit_cannot_help_keeps_temperature_1_and_none_gets_worse():
+    h, scores, targets, leaf_logits, _ = leaf_labelled(seed=3)  # calibrated already
+    record = fit_temperatures(SplitOutputs(scores, leaf_logits, targets), h, tree_scores="sigmoid")
+    assert no_level_worse(record) and 1.0 in record["tree_temperature"]
+
+
+def test_labels_the_outputs_say_nothing_about_stop_the_temperature_at_a_bound(caplog):
+    """Leaf logits unrelated to the labels: the NLL falls as T grows without end; the fit stops at the upper
+    bound, says so, and stores it as it is (no rounding to 0 or to infinity)."""
+    h, scores, targets, leaf_logits, _ = leaf_labelled(seed=4)
+    record = fit_temperatures(SplitOutputs(HIDDEN * scores, leaf_logits, targets), h, tree_scores="sigmoid")
+    assert record["leaf_temperature"] == pytest.approx(TEMPERATURE_BOUNDS[1])
+    assert record["at_bound"] == ["leaf"] and "the leaf softmax is on a bound" in caplog.text
+    assert no_level_worse(record)
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_a_split_of_one_or_three_images_stays_inside_the_bounds(count):
+    h, scores, targets, leaf_logits, _ = leaf_labelled(seed=5)
+    record = fit_temperatures(
+        SplitOutputs(50 * scores[:count], leaf_logits[:count], targets[:count]), h, tree_scores="sigmoid"
+    )  # what hrn.calibrate refuses (fewer than minimum_held_out images), and still no crash or degenerate value
+    low, high = TEMPERATURE_BOUNDS
+    assert all(low <= t <= high for t in [*record["tree_temperature"], record["leaf_temperature"]])
+    assert count < minimum_held_out(h)

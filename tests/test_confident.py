@@ -214,7 +214,9 @@ def test_calibration_fits_temperatures_that_predict_evaluate_and_export_use(trai
     assert "test/ece_l3" in metrics
 
 
-def test_calibration_without_a_validation_split_is_one_line(tmp_path):
+def test_calibration_fits_on_held_out_images_only(tmp_path):
+    """A model trained with val_fraction=0 on a folder: no split of its dataset is held out, whatever the flags;
+    a labels file of other images is, once it holds enough of them."""
     root = fixtures.write_folder(tmp_path / "folder", with_split=False)
     run = tmp_path / "run"
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -228,10 +230,39 @@ def test_calibration_without_a_validation_split_is_one_line(tmp_path):
             ],
         )  # fmt: skip
     train(cfg)
-    result = run_command("calibrate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
-    (line,) = [x for x in result.stderr.splitlines() if x.startswith("hrn: error:")]
-    assert "validates on its test split" in line and "pass dataset.val_fraction" in line
+    ckpt = f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
+
+    def held_out(name: str, count: int) -> Path:  # images the model never saw, labelled at the leaves
+        leaves = ["Sparrow", "Crow", "Cod", "Oak", "Pine"]
+        lines = ["path,label"]
+        for i in range(count):
+            fixtures.jpeg(tmp_path / name / f"{i}.jpg", 1000 + i)
+            lines.append(f"{i}.jpg,{leaves[i % 5]}")
+        fixtures.write_lines(tmp_path / name / "labels.csv", lines)
+        return tmp_path / name / "labels.csv"
+
+    def refused(*args: str) -> str:
+        result = run_command("calibrate", ckpt, *args, f"out={tmp_path / 'never.ckpt'}", cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("hrn: error:")]
+        assert not (tmp_path / "never.ckpt").exists()
+        return line
+
+    assert "validates on its test split" in refused() and "labels=FILE" in refused()
+    assert "another training split" in refused("dataset.val_fraction=0.1")  # those images were trained on
+    assert "were trained on" in refused(f"labels={root / 'labels.csv'}")
+    for count in (1, 3):
+        line = refused(f"labels={held_out(f'few{count}', count)}")
+        assert f"{count} image(s) are too few" in line and "at least 34" in line, line
+    ok = run_command(
+        "calibrate", ckpt, f"labels={held_out('many', 40)}", f"out={tmp_path / 'c.ckpt'}", cwd=tmp_path
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    record = load_checkpoint(tmp_path / "c.ckpt").calibration
+    assert record["held_out_images"] == 40 and record["split"].startswith("labels=")
+    low, high = record["bounds"]
+    assert all(low <= t <= high for t in [*record["tree_temperature"], record["leaf_temperature"]])
+    assert "held-out ECE" in ok.stdout and "test accuracy" in ok.stdout
 
 
 def test_predict_threshold_on_the_command_line(trained, image_files, tmp_path):

@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 from collections.abc import Sequence
 
 from hrn.data.base import DataError, DataSplits
 from hrn.tree import Hierarchy
 
-__all__ = ["apply_protocols", "check_relabel_ratio", "kept_count", "relabel"]
+__all__ = ["apply_protocols", "check_relabel_ratio", "images_sha256", "kept_count", "relabel"]
+
+
+def images_sha256(paths: Sequence[str]) -> str:
+    """Identifies a set of images (the training split), wherever its folder lies: the SHA-256 of the sorted paths,
+    each relative to the folder they all share (a dataset moved elsewhere keeps its identity)."""
+    if not paths:
+        return hashlib.sha256(b"").hexdigest()
+    common = os.path.commonpath(list(paths)) if len(paths) > 1 else os.path.dirname(paths[0])
+    names = sorted(os.path.relpath(p, common) if common else p for p in paths)
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
 def check_relabel_ratio(ratio: float) -> float:
@@ -91,6 +102,8 @@ def apply_protocols(
     data.info["protocol"] = {
         # identifies the training labels, so a resumed run can check it relabelled the same images
         "train_labels_sha256": hashlib.sha256(repr((train.paths, train.targets)).encode()).hexdigest(),
+        # identifies the training images, so hrn.calibrate can refuse to fit on any of them
+        "train_images_sha256": images_sha256(train.paths),
         "relabel_ratio": float(relabel_ratio),
         "relabel_order": relabel_order,
         "relabelled": sum(changed),
