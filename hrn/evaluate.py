@@ -42,7 +42,7 @@ from hrn.metrics.outputs import (
 __all__ = ["SUMMARY", "evaluate", "main"]
 
 SUMMARY = (
-    "ap_micro", "full_path_acc", "consistency", "tice", "wap", "mistake_severity", "mistake_severity_top5",
+    "ap_micro", "full_path_acc", "consistency", "tice", "wap", "mistake_severity", "hdist_at5",
     "h_precision", "h_recall", "h_f1", "num_samples",
 )  # fmt: skip
 """The metrics ``hrn.evaluate`` prints below its per-level table."""

@@ -113,7 +113,8 @@ def test_the_new_metrics_by_hand(small_tree):
     assert out["tice"] == 0  # a -> b -> d, a -> c -> f, x -> y -> z: every per-level prediction is one path
     assert out["wap"] == pytest.approx((2 * 1 + 3 * 1 + 5 * 2 / 3) / 10)  # levels of 2, 3, 5 classes; z != w
     # top-5 of 5 leaves: every leaf; LCA heights with d: 0 1 2 3 3, with f: 2 2 0 3 3, with w: 3 3 3 1 0
-    assert out["mistake_severity_top5"] == pytest.approx((9 + 10 + 10) / 15)
+    assert out["hdist_at5"] == pytest.approx((9 + 10 + 10) / 15)
+    assert out["mistake_severity_top5"] == out["hdist_at5"]  # the old name, one release
     level3 = marginals[:, 5:]
     want = multiclass_calibration_error(level3, torch.tensor([0, 2, 4]), num_classes=5, n_bins=15)
     assert out["ece_l3"] == pytest.approx(float(want), abs=1e-6)
@@ -157,7 +158,7 @@ def evaluate_cfg(ckpt, run_dir, *overrides):
 
 def test_evaluate_writes_the_metrics_the_node_and_the_specificity_table(trained, tmp_path):
     metrics = evaluate(evaluate_cfg(trained, tmp_path, "threshold=0.5"))
-    for key in ("h_precision", "h_recall", "h_f1", "tice", "wap", "mistake_severity_top5"):
+    for key in ("h_precision", "h_recall", "h_f1", "tice", "wap", "hdist_at5", "mistake_severity_top5"):
         assert f"test/{key}" in metrics
     assert {f"test/ece_l{lvl}" for lvl in (1, 2, 3)} | {f"test/coverage_l{lvl}" for lvl in (1, 2, 3)} <= set(
         metrics
@@ -178,7 +179,7 @@ def test_every_method_gets_the_metrics(tmp_path, method):
         tiny = [o for o in TINY if not o.startswith("model.dim")]  # C-HMCNN has no embedding width
         cfg = compose("train", overrides=[f"run_dir={tmp_path}", *tiny, method, "trainer.fast_dev_run=true"])
     metrics = train(cfg)
-    assert {"test/h_f1", "test/tice", "test/wap", "test/mistake_severity_top5", "test/ece_l3"} <= set(metrics)
+    assert {"test/h_f1", "test/tice", "test/wap", "test/hdist_at5", "test/ece_l3"} <= set(metrics)
 
 
 def test_calibration_fits_temperatures_that_predict_evaluate_and_export_use(trained, image_files, tmp_path):

@@ -22,6 +22,7 @@ from hrn.tree import Hierarchy, TreeProbabilities
 from hrn.tree.probabilities import confident_prediction, leading_count
 
 __all__ = [
+    "DEPRECATED_ALIASES",
     "TOP_K",
     "HierarchicalMetrics",
     "SampleRecords",
@@ -33,7 +34,9 @@ __all__ = [
     "level_predictions",
 ]
 
-TOP_K = 5  # mistake_severity_top5: the leaf softmax's k most probable leaves
+TOP_K = 5  # hdist_at5: the leaf softmax's k most probable leaves
+# metrics under their old names for one release: new name -> old name (same value)
+DEPRECATED_ALIASES = {"hdist_at5": "mistake_severity_top5"}
 ECE_BINS = 15  # torchmetrics' default number of confidence bins
 
 
@@ -110,7 +113,9 @@ class HierarchicalMetrics(Metric):
     (the level accuracies weighted by their number of classes), ``ap_micro``, ``full_path_acc``, ``consistency``
     and ``tice`` (1 - consistency: the share of per-level predictions that form no root-to-leaf path),
     ``mistake_severity`` (mean height of the lowest common ancestor of a wrong leaf prediction and the truth) and
-    ``mistake_severity_top5`` (the same over the leaf softmax's 5 most probable leaves, right ones counting 0),
+    ``hdist_at5`` (the average hierarchical distance at 5 of Bertinetto et al., 2020: the LCA height of each of the
+    leaf softmax's 5 most probable leaves, a right one counting 0; not a mistake severity, which counts mistakes
+    only; ``mistake_severity_top5`` is its 0.3 name, kept one release),
     ``h_precision`` / ``h_recall`` / ``h_f1`` (:func:`hierarchical_prf` of the prediction at ``threshold``: the
     deepest node of the marginals' top-down path whose marginal reaches it), ``coverage_l{l}`` (the share of samples
     whose prediction reaches level l), ``ece_l{l}`` (expected calibration error of the marginals at level l, the
@@ -244,11 +249,12 @@ class HierarchicalMetrics(Metric):
         )
         top = s["leaf_top"][leaf_labelled] + self.offsets[-2]  # (W, k) global leaf indices
         rows = truth[leaf_labelled].repeat_interleave(top.shape[1], dim=0)
-        out["mistake_severity_top5"] = (
+        out["hdist_at5"] = (
             self._lca_height(top.flatten(), rows).mean()
             if leaf_labelled.any()
             else torch.tensor(0.0, device=preds.device)
         )
+        out[DEPRECATED_ALIASES["hdist_at5"]] = out["hdist_at5"]  # the 0.3 name, kept for one release
         return out
 
     def _lca_height(self, leaves: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
