@@ -162,6 +162,8 @@ class HRNModule(L.LightningModule):
         self.coarse_from_leaf = self.tree_scores == "leaf"
         self.leaf_offset = hierarchy.offsets[-2]
         self.probabilities = TreeProbabilities.calibrated(hierarchy, calibration)
+        # AP ranks by the probabilities a user gets: a calibrated model's calibrated marginals, not its raw heads
+        self.ap_from_marginals = self.coarse_from_leaf or calibration is not None
         self._nonfinite_streak = torch.zeros(
             (), dtype=torch.long
         )  # mixed precision: non-finite losses in a row
@@ -239,7 +241,7 @@ class HRNModule(L.LightningModule):
                 targets,
                 index,
                 self.level_predictions(output),
-                marginals if self.coarse_from_leaf else None,  # AP scores: the paper's heads, or the leaf's
+                marginals if self.ap_from_marginals else None,  # AP scores: the paper's heads, or the marginals
             )
         return terms.total
 
