@@ -12,7 +12,18 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "hrn"
-COMMANDS = ("train", "evaluate", "predict", "inspect", "export", "gradcam", "calibrate", "report", "bench")
+COMMANDS = (
+    "train",
+    "evaluate",
+    "predict",
+    "inspect",
+    "export",
+    "gradcam",
+    "calibrate",
+    "report",
+    "bench",
+    "demo",
+)
 COMMAND_LAYER = ("hrn.cli",)  # what the commands share: the Hydra layer
 TRAINING = ("hrn.training",)  # the only part on Lightning
 

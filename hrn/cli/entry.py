@@ -56,7 +56,7 @@ OTHER_MODES |= {"--config-name", "-cn", "--experimental-rerun"}
 ONLY_FOR_EVALUATE = {
     "dataset": "checkpoint"
 }  # a group option only the commands that load a checkpoint can use
-CHECKPOINT_COMMANDS = ("evaluate", "calibrate")
+CHECKPOINT_COMMANDS = ("evaluate", "calibrate", "demo")
 
 
 class CommandLineError(Exception):

@@ -241,7 +241,7 @@ class HRNModule(L.LightningModule):
                 targets,
                 index,
                 self.level_predictions(output),
-                marginals if self.ap_from_marginals else None,  # AP scores: the paper's heads, or the marginals
+                marginals if self.ap_from_marginals else None,  # AP: the paper's heads, or the marginals
             )
         return terms.total
 
