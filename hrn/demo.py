@@ -51,9 +51,9 @@ def example_images(cfg: DictConfig, model, count: int) -> list[str]:
     return picked
 
 
-def serve(cfg: DictConfig, block: bool = True):
-    """Load the model, build the page and launch it on ``cfg.host``:``cfg.port``; prints the URL. ``block``:
-    serve until interrupted (the command), or return ``(blocks, url)`` at once (tests close it themselves)."""
+def serve(cfg: DictConfig):
+    """Load the model, build the page and launch it on ``cfg.host``:``cfg.port`` in a thread of its own; prints the
+    URL and returns ``(blocks, url)`` (``blocks.close()`` stops it; the command waits on ``blocks.block_thread()``)."""
     check_threshold(cfg.threshold)
     check_batch_settings(int(cfg.top_k), 1)
     model = load_checkpoint(cfg.ckpt_path, bool(cfg.trust_checkpoint))
@@ -76,15 +76,14 @@ def serve(cfg: DictConfig, block: bool = True):
         ) from None
     url = blocks.local_url
     print(f"hrn.demo: {url}  (Ctrl+C stops it)", flush=True)
-    if block:
-        blocks.block_thread()
     return blocks, url
 
 
 @hydra.main(config_path=CONF_DIR, config_name="demo", version_base="1.3")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    serve(cfg)
+    blocks, _ = serve(cfg)
+    blocks.block_thread()  # until Ctrl+C
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def served(trained):
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("demo", overrides=[f"ckpt_path={trained}", f"port={free_port()}", "device=cpu"])
-    blocks, url = serve(cfg, block=False)
+    blocks, url = serve(cfg)
     yield url
     blocks.close()
 
