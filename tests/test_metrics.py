@@ -121,3 +121,17 @@ def test_ap_micro_matches_scikit_learn(tree):
     expected = average_precision_score(multi_hot, scores, average="micro")
     assert ours == pytest.approx(expected, abs=1e-6)
     assert m.records.scores.shape == (b, h.num_nodes)
+
+
+def test_a_tree_over_ap_max_nodes_skips_ap_and_never_builds_the_ancestor_matrix(tree, caplog):
+    """Above ``ap_max_nodes`` the (N, N) ancestor matrix is not built (10 GB at 100,000 nodes), a warning says AP is
+    not computed, and every other metric still is."""
+    h = tree
+    m = HierarchicalMetrics(h, ap_max_nodes=h.num_nodes - 1)
+    assert "ap_micro is not computed" in caplog.text and "ap_max_nodes=8" in caplog.text
+    targets = torch.tensor([h.index("d"), h.index("z")])
+    sig, leaf = outputs(h, [("a", "b", "d", "d"), ("x", "y", "z", "z")])
+    m.update(sig, leaf, TreeLoss(h).marginals(torch.cat(sig, 1)), targets)
+    out = m.compute()
+    assert "ap_micro" not in out and out["acc_l3"].item() == 1.0 and out["h_f1"].item() == 1.0
+    assert "ancestors" not in h.__dict__  # the cached (N, N) matrix of the Hierarchy was never computed

@@ -139,7 +139,16 @@ class HierarchicalMetrics(Metric):
         self.with_ap = hierarchy.num_nodes <= ap_max_nodes
         self.tree = TreeProbabilities(hierarchy)  # its top-down path (the marginals come in already computed)
         self.register_buffer("ancestor_at_level", hierarchy.ancestor_at_level, persistent=False)  # (L, N)
-        self.register_buffer("ancestors", hierarchy.ancestors, persistent=False)  # (N, N) bool
+        if (
+            self.with_ap
+        ):  # (N, N) bool, for AP's multi-hot targets only: 10 GB at 100,000 nodes, so not built above
+            self.register_buffer("ancestors", hierarchy.ancestors, persistent=False)
+        else:
+            log.warning(
+                "ap_micro is not computed: the tree has %d nodes, over ap_max_nodes=%d (its (M, N) scores and the "
+                "(N, N) ancestor matrix would not fit in memory); the other metrics are",
+                hierarchy.num_nodes, ap_max_nodes,
+            )  # fmt: skip
         self.register_buffer("offsets", torch.tensor(hierarchy.offsets), persistent=False)
         for name in STATES:
             self.add_state(name, default=[], dist_reduce_fx="cat")
