@@ -3,6 +3,7 @@ a real browser (Debian's Chromium through Playwright: upload, read the predictio
 heatmaps, a screenshot)."""
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,7 @@ def test_in_a_real_browser(served, trained, image_files, tmp_path):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(served)
+        start = time.perf_counter()
         page.locator("#image input[type=file]").set_input_files(str(image_files[0]))
         page.wait_for_function(
             "document.querySelector('#prediction').innerText.includes('level 3')", timeout=60_000
@@ -90,6 +92,7 @@ def test_in_a_real_browser(served, trained, image_files, tmp_path):
         )  # hrn.predict's path, down to the leaf
         page.locator("#cams img").first.wait_for(timeout=30_000)
         assert page.locator("#cams img").count() == 3  # one heatmap a level
+        print(f"upload to heatmaps in the browser: {time.perf_counter() - start:.2f} s")  # a figure, not a test
         levels = []
         for threshold in ("0.5", "0.99"):  # up the tree: the answer can only get coarser
             before = page.locator("#prediction").inner_text()
@@ -113,3 +116,34 @@ def test_in_a_real_browser(served, trained, image_files, tmp_path):
         assert "Traceback" not in page.locator("body").inner_text()
         browser.close()
     assert Image.open(tmp_path / "demo.png").size[0] == 1280
+
+
+def test_examples_come_from_the_test_split_when_its_files_are_here(tmp_path):
+    from hrn.demo import example_images
+    from hrn.train import train
+
+    root = fixtures.write_folder(tmp_path / "folder")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"run_dir={tmp_path / 'run'}", "dataset=folder", f"dataset.root={root}", "dataset.resize=16",
+                "dataset.crop=16", "dataset.num_workers=0", "dataset.batch_size=4", "model.trunk=resnet18",
+                "model.pretrained=false", "model.width=16", "model.dim=8", "trainer.max_epochs=1",
+                "trainer.enable_progress_bar=false",
+            ],
+        )  # fmt: skip
+        train(cfg)
+        ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+        demo_cfg = compose("demo", overrides=[f"ckpt_path={ckpt}"])
+    model = load_checkpoint(ckpt)
+    picked = example_images(demo_cfg, model, 4)
+    test = {
+        line.split(",")[0]
+        for line in (root / "labels.csv").read_text().splitlines()[1:]
+        if line.endswith(",test")
+    }
+    assert picked and all(Path(p).is_file() and Path(p).relative_to(root).as_posix() in test for p in picked)
+    labels = {Path(p).name.split("_")[0] for p in picked}
+    assert len(labels) == len(picked)  # one per class
+    assert example_images(demo_cfg, model, 0) == []
