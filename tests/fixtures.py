@@ -203,6 +203,28 @@ def write_folder(root: Path, with_split: bool = True, per_leaf: int = 4) -> Path
     return root
 
 
+def train_folder(root: Path, run_dir: Path, *overrides: str) -> Path:
+    """One epoch of a narrow ResNet-18 HRN at 16 px on the folder dataset ``root`` (:func:`write_folder`), through
+    ``hrn.train`` with ``overrides``; returns the run's ``last.ckpt``."""
+    from hydra import compose, initialize_config_dir
+
+    from hrn.cli.config import CONF_DIR
+    from hrn.train import train
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"run_dir={run_dir}", "dataset=folder", f"dataset.root={root}", "dataset.resize=16",
+                "dataset.crop=16", "dataset.num_workers=0", "model.trunk=resnet18", "model.pretrained=false",
+                "model.width=16", "model.dim=8", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+                *overrides,
+            ],
+        )  # fmt: skip
+    train(cfg)
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
 def idx_bytes(array: np.ndarray) -> bytes:
     """An IDX file's bytes: magic 0x000008DD (uint8, DD dimensions), big-endian int32 sizes, the uint8 payload."""
     array = np.ascontiguousarray(array, dtype=np.uint8)

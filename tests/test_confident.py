@@ -219,19 +219,8 @@ def test_calibration_fits_on_held_out_images_only(tmp_path):
     """A model trained with val_fraction=0 on a folder: no split of its dataset is held out, whatever the flags;
     a labels file of other images is, once it holds enough of them."""
     root = fixtures.write_folder(tmp_path / "folder", with_split=False)
-    run = tmp_path / "run"
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"run_dir={run}", "dataset=folder", f"dataset.root={root}", "dataset.val_fraction=0",
-                "dataset.resize=16", "dataset.crop=16", "dataset.num_workers=0", "dataset.batch_size=8",
-                "model.trunk=resnet18", "model.pretrained=false", "model.width=16", "model.dim=8",
-                "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-            ],
-        )  # fmt: skip
-    train(cfg)
-    ckpt = f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
+    last = fixtures.train_folder(root, tmp_path / "run", "dataset.val_fraction=0", "dataset.batch_size=8")
+    ckpt = f"ckpt_path={last}"
 
     def held_out(name: str, count: int) -> Path:  # images the model never saw, labelled at the leaves
         leaves = ["Sparrow", "Crow", "Cod", "Oak", "Pine"]

@@ -92,7 +92,9 @@ def test_in_a_real_browser(served, trained, image_files, tmp_path):
         )  # hrn.predict's path, down to the leaf
         page.locator("#cams img").first.wait_for(timeout=30_000)
         assert page.locator("#cams img").count() == 3  # one heatmap a level
-        print(f"upload to heatmaps in the browser: {time.perf_counter() - start:.2f} s")  # a figure, not a test
+        print(
+            f"upload to heatmaps in the browser: {time.perf_counter() - start:.2f} s"
+        )  # a figure, not a test
         levels = []
         for threshold in ("0.5", "0.99"):  # up the tree: the answer can only get coarser
             before = page.locator("#prediction").inner_text()
@@ -120,21 +122,10 @@ def test_in_a_real_browser(served, trained, image_files, tmp_path):
 
 def test_examples_come_from_the_test_split_when_its_files_are_here(tmp_path):
     from hrn.demo import example_images
-    from hrn.train import train
 
     root = fixtures.write_folder(tmp_path / "folder")
+    ckpt = fixtures.train_folder(root, tmp_path / "run", "dataset.batch_size=4")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"run_dir={tmp_path / 'run'}", "dataset=folder", f"dataset.root={root}", "dataset.resize=16",
-                "dataset.crop=16", "dataset.num_workers=0", "dataset.batch_size=4", "model.trunk=resnet18",
-                "model.pretrained=false", "model.width=16", "model.dim=8", "trainer.max_epochs=1",
-                "trainer.enable_progress_bar=false",
-            ],
-        )  # fmt: skip
-        train(cfg)
-        ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
         demo_cfg = compose("demo", overrides=[f"ckpt_path={ckpt}"])
     model = load_checkpoint(ckpt)
     picked = example_images(demo_cfg, model, 4)

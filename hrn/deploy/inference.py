@@ -29,11 +29,11 @@ from hrn.data.base import DataError, check_count
 from hrn.data.files import ImageFiles, expand_images
 from hrn.metrics.hierarchical import check_threshold
 from hrn.nets import ModelError
-from hrn.tree import Hierarchy
+from hrn.tree import Hierarchy, TreeProbabilities
 
 log = logging.getLogger(__name__)
 
-__all__ = ["describe", "pick_device", "predict", "predict_images"]
+__all__ = ["describe", "infer", "pick_device", "predict", "predict_images"]
 
 
 def pick_device(device: str) -> torch.device:
@@ -101,6 +101,21 @@ def check_batch_settings(top_k: int, batch_size: int, on_bad_image: str = "error
         raise DataError(f"on_bad_image={on_bad_image!r}: expected 'error' or 'skip'")
 
 
+def infer(
+    net, probabilities: TreeProbabilities, images: torch.Tensor, tree_scores: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The network once over (B, 3, H, W) transformed images, without gradients: the node probabilities (B, N),
+    their top-down path (B, L) and the leaf softmax (B, n_L), each through ``probabilities``' temperatures."""
+    with torch.no_grad():
+        output = net(images)
+        marginals = probabilities.node_probabilities(output, tree_scores)
+        return (
+            marginals,
+            probabilities.top_down_path(marginals),
+            probabilities.leaf_probabilities(output.leaf_logits),
+        )
+
+
 def predict_images(
     model: LoadedModel,
     paths: list[Path],
@@ -137,13 +152,11 @@ def predict_images(
             names.append(paths[i])
         if not batch:
             continue
-        with torch.no_grad():
-            output = net(torch.stack(batch).to(dev))
-            marginals = probabilities.node_probabilities(output, model.tree_scores)
-            routes = probabilities.top_down_path(marginals)
-            nodes = probabilities.confident_node(marginals, threshold, routes)[0].tolist()
-            routes, marginals = routes.tolist(), marginals.cpu()
-            leaf_probs = probabilities.leaf_probabilities(output.leaf_logits).cpu()
+        marginals, routes, leaf_probs = infer(
+            net, probabilities, torch.stack(batch).to(dev), model.tree_scores
+        )
+        nodes = probabilities.confident_node(marginals, threshold, routes)[0].tolist()
+        routes, marginals, leaf_probs = routes.tolist(), marginals.cpu(), leaf_probs.cpu()
         for j in range(len(batch)):
             yield describe(names[j], marginals[j], routes[j], leaf_probs[j], model.hierarchy, top_k, nodes[j])
 

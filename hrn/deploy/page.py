@@ -22,7 +22,7 @@ from matplotlib import colormaps
 from hrn.checkpoints import LoadedModel
 from hrn.data.base import DataError
 from hrn.data.files import ImageFiles
-from hrn.deploy.inference import describe, pick_device
+from hrn.deploy.inference import describe, infer, pick_device
 from hrn.explain.cams import level_cams
 from hrn.metrics.hierarchical import check_threshold
 
@@ -68,12 +68,8 @@ class PageModel:
         image = ImageFiles([Path(path)])(0)  # DataError (one line) for a file that does not decode
         batch = self.transform(image)[None].to(self.device)
         h = self.model.hierarchy
-        with torch.no_grad():
-            output = self.net(batch)
-            marginals = self.probabilities.node_probabilities(output, self.model.tree_scores)
-            route = self.probabilities.top_down_path(marginals)[0].tolist()
-            marginals = marginals.cpu()
-            leaf_probs = self.probabilities.leaf_probabilities(output.leaf_logits)[0].cpu()
+        marginals, routes, leaf_probs = infer(self.net, self.probabilities, batch, self.model.tree_scores)
+        route, marginals, leaf_probs = routes[0].tolist(), marginals.cpu(), leaf_probs[0].cpu()
         cams = level_cams(
             self.net, batch, h, "predicted", "gsb", self.model.tree_scores, calibration=self.model.calibration
         )
@@ -85,7 +81,7 @@ class PageModel:
             mixed = (1 - CAM_ALPHA) * shown + CAM_ALPHA * heat
             caption = f"level {lvl + 1}: {cams.nodes[lvl][0]} (p = {float(cams.probs[lvl][0]):.3f})"
             overlays.append(((mixed * 255).round().astype(np.uint8), caption))
-        return Analysis(str(path), marginals[0].cpu(), route, leaf_probs, overlays)
+        return Analysis(str(path), marginals[0], route, leaf_probs, overlays)
 
     def answer(self, analysis: Analysis, threshold: float) -> dict:
         """The prediction line of ``hrn.predict`` for the analysed image at ``threshold`` (no network run)."""
