@@ -1,4 +1,4 @@
-"""``python -m hrn.demo ckpt_path=PATH|FOLDER [host=127.0.0.1] [port=7860] [threshold=0.0] [device=auto]``: a page
+"""``python -m hrn.demo ckpt_path=PATH|FOLDER [host=127.0.0.1] [port=7860] [threshold=0.0] [probabilities=leaf|tree|mix|heads] [device=auto]``: a page
 to look at a model's predictions (:mod:`hrn.deploy.page`): upload an image, read the prediction at a threshold
 and move the threshold, see the path with each level's top-k and one Grad-CAM overlay per level. Needs the
 ``demo`` extra (``pip install 'hrn[demo]'``). The model loads (safely, calibration applied) before any server
@@ -21,6 +21,7 @@ from hrn.data.base import DataError
 from hrn.deploy.inference import check_batch_settings
 from hrn.errors import HRNError
 from hrn.metrics.hierarchical import check_threshold
+from hrn.tree import check_source
 
 __all__ = ["DemoError", "main", "serve"]
 
@@ -56,6 +57,7 @@ def serve(cfg: DictConfig):
     URL and returns ``(blocks, url)`` (``blocks.close()`` stops it; the command waits on ``blocks.block_thread()``)."""
     check_threshold(cfg.threshold)
     check_batch_settings(int(cfg.top_k), 1)
+    check_source(str(cfg.probabilities))
     model = load_checkpoint(cfg.ckpt_path, bool(cfg.trust_checkpoint))
     try:
         import gradio  # noqa: F401  (the extra: checked here, before any work)
@@ -63,7 +65,7 @@ def serve(cfg: DictConfig):
         from hrn.deploy.page import PageModel, build_page, launch_settings
     except ImportError as e:
         raise DemoError(f"hrn.demo needs the package {e.name}: pip install 'hrn[demo]'") from None
-    page = PageModel(model, str(cfg.device), int(cfg.top_k))
+    page = PageModel(model, str(cfg.device), int(cfg.top_k), str(cfg.probabilities))
     blocks = build_page(page, float(cfg.threshold), example_images(cfg, model, int(cfg.examples)))
     try:
         blocks.launch(

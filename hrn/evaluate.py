@@ -1,5 +1,6 @@
-"""``python -m hrn.evaluate ckpt_path=PATH [split=val] [dataset overrides]``: the paper's table from a checkpoint,
-on the test split (or ``split=val``) of the dataset the checkpoint was trained on (or the one given). Writes in the
+"""``python -m hrn.evaluate ckpt_path=PATH [split=val] [probabilities=tree|leaf|mix|heads] [dataset overrides]``: the
+paper's table from a checkpoint, on the test split (or ``split=val``) of the dataset the checkpoint was trained on
+(or the one given), the marginal metrics from the tree marginals (or ``probabilities=leaf|mix``). Writes in the
 run directory:
 
 - ``metrics.json``: the flat metrics, ``test/acc_l1`` ... ``test/num_samples`` (prefix = the split);
@@ -65,6 +66,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         description=model.description,
         threshold=threshold,
         calibration=model.calibration,
+        probabilities=str(cfg.get("probabilities", "tree")),
     )
     check_trainer_keys(cfg.trainer)
     bar = [StderrProgressBar()] if cfg.trainer.get("enable_progress_bar", True) is not False else []

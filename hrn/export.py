@@ -1,4 +1,4 @@
-"""``python -m hrn.export ckpt_path=PATH format=onnx|torchscript|safetensors [out=PATH]``: a checkpoint as one
+"""``python -m hrn.export ckpt_path=PATH format=onnx|torchscript|safetensors [out=PATH] [probabilities=leaf|tree|mix|heads]``: a checkpoint as one
 self-contained file that runs without this package (ONNX for onnxruntime, TorchScript for libtorch), or as a
 weights-only folder to share (safetensors and config.json, :mod:`hrn.share`). What the files hold:
 :mod:`hrn.deploy.formats`. Prints one JSON line: what was written, its size, the export time and the check."""
@@ -33,6 +33,7 @@ def main(cfg: DictConfig) -> None:
         cfg.check,
         cfg.trust_checkpoint,
         cfg.threshold,
+        cfg.probabilities,
     )
     print(json_text(summary), flush=True)
 

@@ -1,6 +1,6 @@
 """``python -m hrn.gradcam ckpt_path=PATH images=[a.jpg,b.jpg] [out=cams.png] [target=predicted|NODE]
-[layer=gsb|trunk]``: one PNG grid, a row per image, the input then one Grad-CAM heatmap per level, each titled with
-its node and that node's tree-marginal probability (:mod:`hrn.explain.cams`)."""
+[layer=gsb|trunk] [probabilities=leaf|tree|mix|heads]``: one PNG grid, a row per image, the input then one Grad-CAM heatmap per level, each titled with
+its node and that node's probability (the leaf softmax summed up the tree by default, as ``hrn.predict``) (:mod:`hrn.explain.cams`)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def main(cfg: DictConfig) -> None:
         batch_size=int(cfg.batch_size),
         device=str(cfg.device),
         trust=bool(cfg.trust_checkpoint),
+        probabilities=str(cfg.probabilities),
     )
 
 

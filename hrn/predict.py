@@ -1,4 +1,4 @@
-"""``python -m hrn.predict ckpt_path=PATH images=[a.jpg,b.jpg] [threshold=0.0] [top_k=5] [on_bad_image=error|skip]``: classify images along
+"""``python -m hrn.predict ckpt_path=PATH images=[a.jpg,b.jpg] [threshold=0.0] [probabilities=leaf|tree|mix|heads] [top_k=5] [on_bad_image=error|skip]``: classify images along
 the whole tree, one JSON line per image (:mod:`hrn.deploy.inference` says what each line holds).
 
 ``images`` is a list of files, a folder (its images, sorted) or a glob. Works from the checkpoint alone: tree,
@@ -36,6 +36,7 @@ def main(cfg: DictConfig) -> None:
         cfg.threshold,
         cfg.on_bad_image,
         skipped,
+        cfg.probabilities,
     )
     for result in results:
         print(json_text(result), flush=True)

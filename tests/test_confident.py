@@ -151,6 +151,29 @@ def test_a_higher_threshold_gives_coarser_answers(trained, image_files):
         assert level == len(reached) and (not reached or r["prediction"]["label"] == reached[-1]["label"])
 
 
+def test_probabilities_pick_the_node_probabilities_of_every_command(trained, image_files, tmp_path):
+    """probabilities=leaf (predict's default): the leaf level's marginals are the leaf softmax, so its top-k is the
+    softmax's; evaluate with it scores the leaf level's marginals as the leaf head; export records the source."""
+    images = [str(p) for p in image_files[:4]]
+    by_leaf = list(predict(str(trained), images, top_k=12))
+    by_tree = list(predict(str(trained), images, top_k=12, probabilities="tree"))
+    for leaf, tree in zip(by_leaf, by_tree, strict=True):
+        assert leaf["top_k"]["3"] == leaf["leaf_softmax_top_k"] == tree["leaf_softmax_top_k"]
+        assert leaf["top_k"]["1"] != tree["top_k"]["1"]
+        for level in ("1", "2", "3"):  # every level a distribution: its nodes' masses add up to 1
+            assert sum(n["prob"] for n in leaf["top_k"][level]) == pytest.approx(1, abs=1e-5)
+    plain = evaluate(evaluate_cfg(trained, tmp_path / "tree"))
+    metrics = evaluate(evaluate_cfg(trained, tmp_path / "leaf", "probabilities=leaf"))
+    assert metrics["test/acc_l3_marginal"] == metrics["test/acc_l3"] == plain["test/acc_l3"]
+    assert metrics["test/ap_micro"] != plain["test/ap_micro"]  # AP ranks the nodes by the leaf source too
+    export(trained, "torchscript", tmp_path / "m.pt", check=False)
+    assert read_metadata(tmp_path / "m.pt")["probabilities"] == "leaf"
+    ran = run_command("predict", f"ckpt_path={trained}", f"images={images[0]}", "probabilities=marginal")
+    assert ran.returncode == 2 and ran.stderr.strip().splitlines()[-1] == (
+        "hrn: error: probabilities='marginal': use one of tree, leaf, mix, heads"
+    )
+
+
 def evaluate_cfg(ckpt, run_dir, *overrides):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("evaluate", overrides=[f"ckpt_path={ckpt}", f"run_dir={run_dir}", *overrides])

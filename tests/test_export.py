@@ -150,17 +150,23 @@ def test_bad_tree_scores(small_tree):
 
 def test_predictor_from_a_checkpoint_equals_its_module(trained, image_files):
     module = load_checkpoint(trained)
-    predictor, _ = build_predictor(trained)
+    predictor, _ = build_predictor(trained)  # probabilities=leaf, as hrn.predict
+    by_tree, _ = build_predictor(trained, probabilities="tree")
     images = torch.stack([eval_transform(32, 32)(ImageFiles(image_files)(i)) for i in range(5)])
     with torch.no_grad():
         output = module.net(images)
         marginals, path, leaf_probs, _ = predictor(images)
-    want = TreeProbabilities(module.hierarchy).marginals(output.scores(module.tree_scores))
+        tree_marginals, tree_path, _, _ = by_tree(images)
+    tree = TreeProbabilities(module.hierarchy)
+    want = tree.leaf_marginals(output.leaf_logits)
+    want_tree = tree.marginals(output.scores(module.tree_scores))
     assert predictor.tree_scores == module.tree_scores and not any(
         p.requires_grad for p in predictor.parameters()
     )
     assert torch.equal(marginals, want) and torch.equal(leaf_probs, output.leaf_logits.softmax(1))
     assert path.tolist() == [greedy_path(m, module.hierarchy) for m in want]
+    assert torch.equal(tree_marginals, want_tree)
+    assert tree_path.tolist() == [greedy_path(m, module.hierarchy) for m in want_tree]
 
 
 # --------------------------------------------------------------------------- round trips against hrn.predict

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from hrn import CompositeLoss, Hierarchy, HRNOutput, TreeLoss
 from hrn.losses import DENSE_MAX_NODES, LeafCELoss, LossError
-from hrn.tree.probabilities import TreeScoresError
+from hrn.tree.probabilities import SOURCES, TreeScoresError
 from tests.fixtures import dense_log_marginals, random_tree
 
 # Every exactness and stability assertion runs for both ways of computing the loss.
@@ -273,6 +273,40 @@ def test_leaf_marginals_sum_the_leaf_softmax_up_the_tree(seed):
     torch.testing.assert_close(
         TreeLoss(h).node_probabilities(out, "sigmoid"), TreeLoss(h).marginals(out.scores("sigmoid"))
     )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_sources_of_node_probabilities(seed):
+    """probabilities=leaf is the leaf softmax summed up the tree whatever the tree scores, mix the node-by-node mean
+    of it and the tree marginals, heads the heads' outputs; a leaf-only model answers the leaf source for all."""
+    h = random_tree(depth=3, seed=seed, max_children=3)
+    out = _output(h, 4, seed=seed)
+    tree = TreeLoss(h)
+    under = h.ancestors[h.offsets[-2] :].float()  # (n_L, N): the leaf and its ancestors
+    leaf = out.leaf_logits.softmax(1) @ under
+    marginals = tree.marginals(out.scores("sigmoid"))
+    torch.testing.assert_close(tree.node_probabilities(out, "sigmoid", "leaf"), leaf)
+    torch.testing.assert_close(tree.node_probabilities(out, "logits", "leaf"), leaf)
+    torch.testing.assert_close(tree.node_probabilities(out, "sigmoid", "mix"), (marginals + leaf) / 2)
+    torch.testing.assert_close(tree.node_probabilities(out, "sigmoid", "tree"), marginals)
+    for source in SOURCES:
+        torch.testing.assert_close(tree.node_probabilities(out, "leaf", source), leaf)
+    for source in ("tree", "leaf", "mix"):
+        mix = tree.node_probabilities(out, "sigmoid", source)
+        for lvl in range(1, h.num_levels):  # a parent holds at least its children's mass, as a marginal does
+            parents = h.level_parents[lvl - 1]
+            below = torch.zeros(4, h.level_sizes[lvl - 1]).index_add(
+                1, parents, mix.split(h.level_sizes, 1)[lvl]
+            )
+            assert bool((mix.split(h.level_sizes, 1)[lvl - 1] >= below - 1e-6).all())
+    # heads: each head's own output, no tree inference (a compared method on its own probabilities)
+    torch.testing.assert_close(
+        tree.node_probabilities(out, "sigmoid", "heads"), torch.cat(out.level_probs, 1)
+    )
+    with pytest.raises(
+        TreeScoresError, match=r"^probabilities='marginals': use one of tree, leaf, mix, heads$"
+    ):
+        tree.node_probabilities(out, "sigmoid", "marginals")
 
 
 def test_unknown_score_source_is_one_line(small_tree):

@@ -44,6 +44,7 @@ from hrn.description import ModelDescription
 from hrn.errors import HRNError
 from hrn.metrics.hierarchical import check_threshold
 from hrn.share import folder_files, model_from_files, write_folder
+from hrn.tree import check_source
 from hrn.version import __version__
 
 __all__ = [
@@ -85,9 +86,11 @@ def _require_onnx() -> None:
         raise ExportError(f"format=onnx needs the packages {', '.join(missing)}: pip install 'hrn[export]'")
 
 
-def predictor_of(model: LoadedModel, uint8_input: bool = False, threshold: float = 0.0) -> Predictor:
+def predictor_of(
+    model: LoadedModel, uint8_input: bool = False, threshold: float = 0.0, probabilities: str = "leaf"
+) -> Predictor:
     """A trained model's network, tree and temperatures as an inference-only :class:`Predictor` (eval mode, no
-    gradients), predicting at ``threshold``."""
+    gradients), predicting at ``threshold`` from the node probabilities ``probabilities`` (as ``hrn.predict``)."""
     predictor = Predictor(
         model.net,
         model.hierarchy,
@@ -97,6 +100,7 @@ def predictor_of(model: LoadedModel, uint8_input: bool = False, threshold: float
         (STD,) * 3,
         threshold,
         model.calibration,
+        probabilities,
     )
     # torch.export cannot record the tree marginals' in-place writes into views of tensors that need gradients;
     # an exported model never trains, so its weights are constants
@@ -104,11 +108,16 @@ def predictor_of(model: LoadedModel, uint8_input: bool = False, threshold: float
 
 
 def build_predictor(
-    ckpt_path: str | Path, uint8_input: bool = False, trust: bool = False, threshold: float = 0.0
+    ckpt_path: str | Path,
+    uint8_input: bool = False,
+    trust: bool = False,
+    threshold: float = 0.0,
+    probabilities: str = "leaf",
 ) -> tuple[Predictor, ModelDescription]:
     """The checkpoint's (or shared folder's) :func:`predictor_of`, and its self-description."""
+    check_source(probabilities)
     model = load_checkpoint(ckpt_path, trust)
-    return predictor_of(model, uint8_input, threshold), model.description
+    return predictor_of(model, uint8_input, threshold, probabilities), model.description
 
 
 def metadata(
@@ -126,6 +135,7 @@ def metadata(
         "checkpoint": Path(ckpt_path).name,
         "net": description.net.get("_target_"),
         "tree_scores": predictor.tree_scores,
+        "probabilities": predictor.source,
         "threshold": predictor.threshold,
         "calibration": description.calibration,
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, crop, crop], "dtype": input_dtype},
@@ -298,6 +308,7 @@ def export(
     check: bool = True,
     trust: bool = False,
     threshold: float = 0.0,
+    probabilities: str = "leaf",
 ) -> dict:
     """Export the checkpoint (or shared folder) at ``ckpt_path`` to ``out`` (default: beside it, ``<name>.onnx``,
     ``<name>.pt``, or the folder ``<name>/`` for ``format=safetensors``, :mod:`hrn.share`).
@@ -305,9 +316,12 @@ def export(
     Returns a summary: ``out``, ``format``, ``bytes``, ``export_s`` (graph capture and serialisation) and, with
     ``check``, the comparison with the checkpoint on a fresh batch (:func:`check_exported`). ``trust``: as
     :func:`hrn.checkpoints.read_checkpoint`; ``threshold``: the marginal the exported ``node`` output must reach
-    (the shared folder keeps the whole model and takes its threshold where it is used).
+    (the shared folder keeps the whole model and takes its threshold where it is used); ``probabilities``: the
+    node probabilities the exported ``marginals``, ``path`` and ``node`` come from (:data:`hrn.tree.SOURCES`, as
+    ``hrn.predict``; recorded in the metadata).
     """
     threshold = check_threshold(threshold)
+    check_source(probabilities)
     if format not in FORMATS:
         raise ExportError(
             f"format={format}: unknown; use format=onnx, format=torchscript or format=safetensors"
@@ -331,7 +345,7 @@ def export(
             f"out={out}: is a folder; give the file to write, e.g. out={out / ('model' + FORMATS[format])}"
         )
 
-    predictor, description = build_predictor(ckpt_path, input == "uint8", trust, threshold)
+    predictor, description = build_predictor(ckpt_path, input == "uint8", trust, threshold, probabilities)
     info = metadata(predictor, description, ckpt_path, input)
     crop = info["transform"]["crop"]
     example = example_images(EXAMPLE_BATCH, crop, predictor.uint8_input)

@@ -25,6 +25,7 @@ from hrn.data.files import ImageFiles
 from hrn.deploy.inference import describe, infer, pick_device
 from hrn.explain.cams import level_cams
 from hrn.metrics.hierarchical import check_threshold
+from hrn.tree import check_source
 
 __all__ = ["Analysis", "PageModel", "build_page", "launch_settings", "path_text", "prediction_text"]
 
@@ -45,6 +46,14 @@ class Analysis:
     overlays: list[tuple[np.ndarray, str]]
 
 
+SOURCE_WORDS = {
+    "leaf": "the leaf softmax summed up the tree",
+    "tree": "the tree marginals of the per-level outputs",
+    "mix": "the mean of the tree marginals and the leaf softmax summed up the tree",
+    "heads": "each level head's own output",
+}
+
+
 class PageModel:
     """A loaded model (:func:`hrn.load_checkpoint`: safe loading, calibration applied) for the page.
 
@@ -52,10 +61,14 @@ class PageModel:
         model: the loaded model.
         device: ``auto``, ``cpu`` or ``cuda``.
         top_k: how many nodes of each level (and leaves of the softmax) are listed.
+        probabilities: the node probabilities shown and thresholded (:data:`hrn.tree.SOURCES`, as ``hrn.predict``).
     """
 
-    def __init__(self, model: LoadedModel, device: str = "auto", top_k: int = 3) -> None:
+    def __init__(
+        self, model: LoadedModel, device: str = "auto", top_k: int = 3, probabilities: str = "leaf"
+    ) -> None:
         self.model = model
+        self.source = check_source(probabilities)
         self.device = pick_device(device)
         self.net = model.net.to(self.device).eval()
         self.probabilities = model.probabilities().to(self.device)
@@ -68,11 +81,14 @@ class PageModel:
         image = ImageFiles([Path(path)])(0)  # DataError (one line) for a file that does not decode
         batch = self.transform(image)[None].to(self.device)
         h = self.model.hierarchy
-        marginals, routes, leaf_probs = infer(self.net, self.probabilities, batch, self.model.tree_scores)
+        marginals, routes, leaf_probs = infer(
+            self.net, self.probabilities, batch, self.model.tree_scores, self.source
+        )
         route, marginals, leaf_probs = routes[0].tolist(), marginals.cpu(), leaf_probs[0].cpu()
         cams = level_cams(
-            self.net, batch, h, "predicted", "gsb", self.model.tree_scores, calibration=self.model.calibration
-        )
+            self.net, batch, h, "predicted", "gsb", self.model.tree_scores, calibration=self.model.calibration,
+            probabilities=self.source,
+        )  # fmt: skip
         shown = (batch[0].float().cpu() * 0.5 + 0.5).clamp(0, 1).permute(1, 2, 0).numpy()
         jet = colormaps["jet"]
         overlays = []
@@ -103,7 +119,8 @@ class PageModel:
         return (
             f"**Model**: {d.net.get('_target_', 'network').rsplit('.', 1)[-1]} on trunk `{trunk}`, trained on "
             f"`{d.data.get('name', 'unknown')}` · **tree**: {d.tree.num_nodes} nodes, levels of {sizes} classes · "
-            f"**calibrated**: {calibrated} · test transform: resize {d.resize}, crop {d.crop}"
+            f"**calibrated**: {calibrated} · **probabilities**: {SOURCE_WORDS[self.source]} · test transform: "
+            f"resize {d.resize}, crop {d.crop}"
         )
 
 

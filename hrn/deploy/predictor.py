@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from hrn.tree import Hierarchy, TreeProbabilities, check_tree_scores
+from hrn.tree import Hierarchy, TreeProbabilities, check_source, check_tree_scores
 
 __all__ = ["Predictor", "INPUT_NAME", "OUTPUT_NAMES"]
 
@@ -46,6 +46,9 @@ class Predictor(nn.Module):
         mean, std: the per-channel normalisation of the test transform (``hrn.data.augment``), for ``uint8_input``.
         threshold: the marginal the predicted ``node`` must reach (the deepest of the path that does; 0: the leaf).
         calibration: the model's temperatures (``hrn.load_checkpoint(...).calibration``), or None.
+        probabilities: which node probabilities (:data:`hrn.tree.SOURCES`): ``"tree"``, the tree marginals of the
+            tree scores; ``"leaf"``, the leaf softmax summed up the tree (``hrn.export``'s and ``hrn.predict``'s
+            default); ``"mix"``, their mean.
     """
 
     def __init__(
@@ -58,8 +61,10 @@ class Predictor(nn.Module):
         std: Sequence[float] = (0.5, 0.5, 0.5),
         threshold: float = 0.0,
         calibration: Mapping | None = None,
+        probabilities: str = "tree",
     ) -> None:
         super().__init__()
+        self.source = check_source(probabilities)
         self.net = net
         # the package's own marginals and path: their scatter ops export (ONNX opset >= 18) and run in onnxruntime
         self.probabilities = TreeProbabilities.calibrated(hierarchy, calibration)
@@ -83,7 +88,7 @@ class Predictor(nn.Module):
         if self.uint8_input:  # the same ops as torchvision's ToDtype(scale=True) then Normalize: equal bits
             images = images.to(torch.float32).mul(1.0 / 255).sub(self.mean).div(self.std)
         output = self.net(images)
-        marginals = self.probabilities.node_probabilities(output, self.tree_scores)
+        marginals = self.probabilities.node_probabilities(output, self.tree_scores, self.source)
         path = self.probabilities.top_down_path(marginals)
         node, _ = self.probabilities.confident_node(marginals, self.threshold, path)
         return marginals, path, self.probabilities.leaf_probabilities(output.leaf_logits), node

@@ -35,7 +35,7 @@ from hrn.data.base import DataError
 from hrn.data.files import ImageFiles, expand_images
 from hrn.deploy.inference import pick_device
 from hrn.errors import HRNError
-from hrn.tree import Hierarchy, TreeProbabilities
+from hrn.tree import Hierarchy, TreeProbabilities, check_source
 
 __all__ = [
     "CAMError",
@@ -139,6 +139,7 @@ def level_cams(
     tree_scores: str = "sigmoid",
     batch_size: int | None = None,
     calibration: dict | None = None,
+    probabilities: str = "tree",
 ) -> LevelCAMs:
     """Grad-CAM heatmaps of every level of ``net`` for a batch of images.
 
@@ -154,6 +155,8 @@ def level_cams(
         batch_size: images per Grad-CAM pass (all at once by default).
         calibration: the checkpoint's temperatures (``hrn.load_checkpoint(...).calibration``), for the
             probabilities in the titles; None: none.
+        probabilities: the node probabilities whose path is explained and titled (:data:`hrn.tree.SOURCES`;
+            ``hrn.gradcam`` and the demo pass ``"leaf"``, as ``hrn.predict``).
 
     Returns:
         a :class:`LevelCAMs`: per level, (B, H, W) heatmaps in [0, 1], the explained node names and their
@@ -181,6 +184,7 @@ def level_cams(
                     layer,
                     tree_scores,
                     calibration=calibration,
+                    probabilities=probabilities,
                 )
                 for i in range(0, b, batch_size)
             ]
@@ -188,11 +192,12 @@ def level_cams(
 
     net.eval()
     images = images.to(_device(net))
-    probabilities = TreeProbabilities.calibrated(hierarchy, calibration).to(images.device)
+    source = check_source(probabilities)
+    tree = TreeProbabilities.calibrated(hierarchy, calibration).to(images.device)
     with torch.no_grad():
-        marginals = probabilities.node_probabilities(net(images), tree_scores).float()  # (B, N)
+        marginals = tree.node_probabilities(net(images), tree_scores, source).float()  # (B, N)
         through = torch.tensor(nodes, device=images.device)
-        paths = probabilities.top_down_path(marginals, through).cpu()  # (B, L)
+        paths = tree.top_down_path(marginals, through).cpu()  # (B, L)
     marginals = marginals.cpu()
     off = hierarchy.offsets
     layers = net.feature_layers(layer)
@@ -284,10 +289,12 @@ def gradcam(
     batch_size: int = 16,
     device: str = "auto",
     trust: bool = False,
+    probabilities: str = "leaf",
 ) -> tuple[Path, LevelCAMs]:
     """Load a checkpoint (or shared folder) and images (a list, a folder or a glob), compute every level's
     Grad-CAM and write the grid to ``out``. Returns the PNG's path and the heatmaps. ``trust``: as
-    :func:`hrn.checkpoints.read_checkpoint`."""
+    :func:`hrn.checkpoints.read_checkpoint`; ``probabilities``: whose path is explained (as ``hrn.predict``)."""
+    check_source(probabilities)
     if layer not in LAYERS:
         raise CAMError(f"layer={layer!r}: expected one of {', '.join(LAYERS)}")
     if batch_size < 1:
@@ -301,7 +308,9 @@ def gradcam(
     paths = expand_images(images)
     batch = load_images(paths, model.resize, model.crop, scale)
     net = model.net.to(pick_device(device))
-    result = level_cams(net, batch, h, target, layer, model.tree_scores, batch_size, model.calibration)
+    result = level_cams(
+        net, batch, h, target, layer, model.tree_scores, batch_size, model.calibration, probabilities
+    )
     fig = plot_cams(batch, result, [p.name for p in paths])
     written = save_figure(fig, out)
     log.info("Grad-CAM of %d image(s) x %d level(s) written to %s", len(paths), h.num_levels, written)

@@ -22,7 +22,7 @@ from hrn.errors import HRNError
 from hrn.losses import HierarchicalLoss
 from hrn.metrics import HierarchicalMetrics, level_predictions
 from hrn.training.checkpointing import rng_states, set_rng_states
-from hrn.tree import Hierarchy, TreeProbabilities, check_tree_scores
+from hrn.tree import Hierarchy, TreeProbabilities, check_source, check_tree_scores
 
 __all__ = [
     "MIN_GRAD_SCALE",
@@ -101,6 +101,9 @@ class HRNModule(L.LightningModule):
             coverage of validation and test (``threshold=``; 0: the whole path).
         calibration: temperatures fitted by ``hrn.calibrate`` (``tree_temperature``, ``leaf_temperature``), for
             evaluating a calibrated model; None: none.
+        probabilities: the node probabilities of the validation and test metrics (marginal accuracies, paths,
+            hP / hR / hF, coverage, ECE; AP too when not ``"tree"``), one of :data:`hrn.tree.SOURCES`: ``"tree"``
+            (the paper's, what training reports) or ``hrn.evaluate probabilities=leaf|mix``.
 
     Batches are :class:`~hrn.data.base.Batch` es (images, targets, dataset indices) or plain tuples; uint8 images
     (what the package's loaders yield, already cropped and flipped) are normalised to float once they are on the
@@ -124,6 +127,7 @@ class HRNModule(L.LightningModule):
         channels_last: bool = False,
         threshold: float = 0.0,
         calibration: dict | None = None,
+        probabilities: str = "tree",
     ) -> None:
         super().__init__()
         if not isinstance(loss, HierarchicalLoss):
@@ -162,8 +166,10 @@ class HRNModule(L.LightningModule):
         self.coarse_from_leaf = self.tree_scores == "leaf"
         self.leaf_offset = hierarchy.offsets[-2]
         self.probabilities = TreeProbabilities.calibrated(hierarchy, calibration)
-        # AP ranks by the probabilities a user gets: a calibrated model's calibrated marginals, not its raw heads
-        self.ap_from_marginals = self.coarse_from_leaf or calibration is not None
+        self.source = check_source(probabilities)
+        # AP ranks by the probabilities a user gets: a calibrated model's calibrated marginals, or the other
+        # sources' node probabilities, not the raw heads
+        self.ap_from_marginals = self.coarse_from_leaf or calibration is not None or self.source != "tree"
         self._nonfinite_streak = torch.zeros(
             (), dtype=torch.long
         )  # mixed precision: non-finite losses in a row
@@ -233,7 +239,7 @@ class HRNModule(L.LightningModule):
                 )
         else:
             with torch.no_grad():
-                marginals = self.probabilities.node_probabilities(output, self.tree_scores)
+                marginals = self.probabilities.node_probabilities(output, self.tree_scores, self.source)
             self.eval_metrics[stage].update(
                 output.level_probs,
                 output.leaf_logits,

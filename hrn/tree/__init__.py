@@ -2,13 +2,22 @@
 :class:`TreeProbabilities` (marginals of HRN's tree distribution, the top-down path)."""
 
 from hrn.tree.hierarchy import Hierarchy, HierarchyError
-from hrn.tree.probabilities import TREE_SCORES, TreeProbabilities, TreeScores, check_tree_scores
+from hrn.tree.probabilities import (
+    SOURCES,
+    TREE_SCORES,
+    TreeProbabilities,
+    TreeScores,
+    check_source,
+    check_tree_scores,
+)
 
 __all__ = [
     "Hierarchy",
     "HierarchyError",
+    "SOURCES",
     "TREE_SCORES",
     "TreeProbabilities",
     "TreeScores",
+    "check_source",
     "check_tree_scores",
 ]
