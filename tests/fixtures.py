@@ -126,6 +126,47 @@ def write_aircraft(root: Path, train_per_class: int = 2, test_per_class: int = 1
     return root
 
 
+# iNaturalist 2021's categories for the fixture: two kingdoms, 6 species; "Morus" is a genus of plants (mulberries)
+# and one of animals (gannets), the clash the names must survive
+INAT_SPECIES = [
+    ("Animalia", "Chordata", "Aves", "Passeriformes", "Passeridae", "Passer", "domesticus"),
+    ("Animalia", "Chordata", "Aves", "Passeriformes", "Passeridae", "Passer", "montanus"),
+    ("Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Corvus", "corax"),
+    ("Animalia", "Chordata", "Aves", "Suliformes", "Sulidae", "Morus", "bassanus"),
+    ("Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Moraceae", "Morus", "alba"),
+    ("Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Rosaceae", "Rosa", "canina"),
+]
+
+
+def write_inat21(root: Path, per_species: tuple[int, int, int] = (3, 2, 1)) -> Path:
+    """iNaturalist 2021 as distributed: train.json, train_mini.json and val.json (COCO style, the real keys), and
+    the images under root/<file_name>; ``per_species``: images a species in train, train_mini and val."""
+    keys = ("kingdom", "phylum", "class", "order", "family", "genus", "specific_epithet")
+    categories = []
+    for i, taxa in enumerate(INAT_SPECIES):
+        entry = {
+            "id": i,
+            "name": f"{taxa[5]} {taxa[6]}",
+            "common_name": f"species {i}",
+            **dict(zip(keys, taxa, strict=True)),
+        }
+        entry["supercategory"], entry["image_dir_name"] = taxa[0], f"{i:05d}_{'_'.join(taxa)}"
+        categories.append(entry)
+    n = 0
+    for split, per in zip(("train", "train_mini", "val"), per_species, strict=True):
+        images, annotations = [], []
+        for c in categories:
+            for _ in range(per):
+                name = f"{split}/{c['image_dir_name']}/{n:06d}.jpg"
+                jpeg(root / name, n)
+                images.append({"id": n, "file_name": name, "width": 24, "height": 24})
+                annotations.append({"id": n, "image_id": n, "category_id": c["id"]})
+                n += 1
+        doc = {"info": {"year": 2021}, "images": images, "annotations": annotations, "categories": categories}
+        (root / f"{split}.json").write_text(json.dumps(doc))
+    return root
+
+
 def cars_rows(split: str, per_class: int) -> list[tuple[str, str]]:
     """The first ``per_class`` rows of each model in the authors' shipped list."""
     rows, seen = [], {}

@@ -15,6 +15,7 @@ from hrn.data.cars import cars, cars_hierarchy
 from hrn.data.cub import cub, cub_hierarchy, species_name
 from hrn.data.files import read_pairs, shipped, shipped_names
 from hrn.data.folder import folder
+from hrn.data.inat21 import RANKS, inat21
 from hrn.data.protocols import apply_protocols
 from hrn.errors import HRNError
 from hrn.tree import Hierarchy
@@ -33,6 +34,7 @@ def roots(tmp_path_factory) -> dict[str, Path]:
         "cars_tv": fixtures.write_cars_torchvision(base / "cars_tv"),
         "folder": fixtures.write_folder(base / "folder"),
         "folder_nosplit": fixtures.write_folder(base / "folder_nosplit", with_split=False),
+        "inat21": fixtures.write_inat21(base / "inat21"),
     }
 
 
@@ -453,3 +455,73 @@ def test_a_training_split_of_one_image_is_one_line(tmp_path):
     data = folder(str(root), num_workers=0)
     with pytest.raises(DataError, match=r"split has 1 image; training needs at least 2 \(BatchNorm"):
         data.loader("train")
+
+
+# ---------------------------------------------------------------- iNaturalist 2021
+
+
+def test_inat21_builds_the_seven_rank_tree_from_its_categories(roots):
+    data = inat21(str(roots["inat21"]), val_fraction=0, **SMALL)
+    h = data.hierarchy
+    assert h.num_levels == len(RANKS) == 7 and h.level_sizes == [2, 2, 2, 3, 5, 5, 6]
+    assert h.levels[0] == ["Animalia", "Plantae"] and "Passer domesticus" in h.levels[-1]
+    assert (len(data.train), len(data.test)) == (18, 6)  # train.json trains, val.json tests
+    # the genus Morus of the gannets and the one of the mulberries: one name, two nodes, each under its family
+    gannets, mulberries = h.index("Morus (genus in Sulidae)"), h.index("Morus (genus in Moraceae)")
+    assert h.names[h.parent_of(gannets)] == "Sulidae" and h.names[h.parent_of(mulberries)] == "Moraceae"
+    leaf = h.index("Passer montanus")
+    chain = [leaf]
+    while h.parent_of(chain[0]) >= 0:
+        chain.insert(0, h.parent_of(chain[0]))
+    assert [h.names[v] for v in chain] == [
+        "Animalia", "Chordata", "Aves", "Passeriformes", "Passeridae", "Passer", "Passer montanus"
+    ]  # fmt: skip
+    assert set(data.train.targets) == set(range(h.offsets[-2], h.offsets[-1]))  # every image at a species
+    assert data.train.paths[0].startswith(str(roots["inat21"] / "train"))  # root/<file_name>
+
+
+def test_inat21_keeps_the_ranks_asked_for_and_reads_train_mini(roots):
+    data = inat21(
+        str(roots["inat21"]), "train_mini", ["order", "family", "genus", "species"], val_fraction=0, **SMALL
+    )
+    h = data.hierarchy
+    assert h.level_sizes == [3, 5, 5, 6] and h.levels[0] == ["Passeriformes", "Rosales", "Suliformes"]
+    assert (len(data.train), len(data.test)) == (12, 6)
+    coarse = inat21(str(roots["inat21"]), ranks=["kingdom", "family"], val_fraction=0, **SMALL).hierarchy
+    assert coarse.level_sizes == [2, 5]  # images labelled at the finest kept rank, their family
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"ranks": ["species", "genus"]},
+            "dataset.ranks=['species', 'genus']: give each rank once, coarse to fine",
+        ),
+        (
+            {"ranks": ["order", "tribe"]},
+            "dataset.ranks=['order', 'tribe']: use two or more of kingdom, phylum",
+        ),
+        ({"ranks": ["species"]}, "(one rank is no tree)"),
+        ({"variant": "mini"}, "dataset.variant='mini': use train or train_mini"),
+    ],
+)
+def test_inat21_bad_settings_are_one_line(roots, kwargs, message):
+    with pytest.raises(DataError) as e:
+        inat21(str(roots["inat21"]), **kwargs, **SMALL)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_inat21_missing_or_broken_files_are_one_line(copy_of):
+    root = copy_of("inat21")
+    (root / "val.json").unlink()
+    with pytest.raises(DataError, match=r"val.json not found; expected ROOT/train.json"):
+        inat21(str(root), **SMALL)
+    (root / "val.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"val.json: not a readable JSON file"):
+        inat21(str(root), **SMALL)
+    (root / "val.json").write_text(
+        '{"images": [], "annotations": [{"image_id": 7, "category_id": 0}], "categories": []}'
+    )
+    with pytest.raises(DataError, match=r"names an image or category that the file does not list"):
+        inat21(str(root), **SMALL)

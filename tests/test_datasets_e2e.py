@@ -20,6 +20,7 @@ WRITERS = {
     "aircraft": fixtures.write_aircraft,
     "cars": fixtures.write_cars_folders,
     "folder": fixtures.write_folder,
+    "inat21": fixtures.write_inat21,
 }
 SMALL_MODEL = ["model.trunk=resnet18", "model.pretrained=false", "model.width=32", "model.dim=16"]
 
@@ -58,7 +59,7 @@ def test_fast_dev_run_per_dataset(roots, tmp_path, name):
         "relabel_ratio=0.5",
     )
     metrics = train(cfg)
-    levels = 2 if name == "cars" else 3
+    levels = {"cars": 2, "inat21": 7}.get(name, 3)
     assert {f"test/acc_l{lvl}" for lvl in range(1, levels + 1)} | {"test/acc_leaf_sigmoid"} <= set(metrics)
     assert (tmp_path / "metrics.json").is_file()
 
@@ -107,6 +108,16 @@ def test_inspect_cub_at_half_relabel(roots, tmp_path):
     assert out["test"] == {"num_samples": 200, "labelled_at_level": [0, 0, 200]}
     assert out["val"] == out["test"] and out["val_is_test"] is True
     assert out["relabelled"] == 200 and out["degraded"] == 0
+
+
+def test_inspect_inat21_with_four_of_its_ranks(roots, tmp_path):
+    out = inspect(
+        *overrides("inat21", roots["inat21"]), "dataset.ranks=[order,family,genus,species]",
+        "dataset.variant=train_mini", "dataset.val_fraction=0", cwd=tmp_path,
+    )  # fmt: skip
+    assert out["dataset"] == "inat21_mini" and out["tree"]["levels"] == [3, 5, 5, 6]
+    assert out["train"] == {"num_samples": 12, "labelled_at_level": [0, 0, 0, 12]}
+    assert out["test"]["num_samples"] == 6
 
 
 def test_inspect_folder_with_degrade(roots, tmp_path):
