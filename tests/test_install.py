@@ -136,15 +136,8 @@ def test_wheel_in_a_fresh_venv_runs_outside_the_checkout(tmp_path):
     where = run([python, "-c", "import hrn; print(hrn.__file__)"], cwd=elsewhere, env=env).stdout.strip()
     assert Path(where).resolve().is_relative_to(venv.resolve()), where
 
-    result = run(
-        [python, "-m", "hrn.train", "trainer.fast_dev_run=true", *TINY, f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=elsewhere,
-        env=env,
-    )
-    assert TABLE_HEADER in result.stdout
-    assert LEVEL_KEYS <= set(json.loads((tmp_path / "run" / "metrics.json").read_text()))
-
-    # a user's own config folder composes over the shipped one: a dataset built on the shipped synthetic config
+    # it trains outside the checkout, from the shipped configs under a user's own config folder: a dataset built
+    # on the shipped synthetic config
     (tmp_path / "myconf" / "dataset").mkdir(parents=True)
     (tmp_path / "myconf" / "dataset" / "mysynth.yaml").write_text(
         "# @package _global_\n"
@@ -170,6 +163,7 @@ def test_wheel_in_a_fresh_venv_runs_outside_the_checkout(tmp_path):
     )
     assert TABLE_HEADER in result.stdout
     metrics = json.loads((tmp_path / "mine" / "metrics.json").read_text())
+    assert LEVEL_KEYS <= set(metrics)
     assert metrics["test/num_samples"] == 12  # fast_dev_run tests one batch: the user's batch_size
 
     # the packaged launcher config finds the plugin's (registered in Hydra's config store, not in our folder)

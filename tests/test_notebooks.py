@@ -56,8 +56,9 @@ def test_quickstart_runs(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_gradcam_runs(tmp_path, monkeypatch):
-    nb = execute("gradcam", tmp_path, monkeypatch)
+def test_gradcam_runs(tmp_path, monkeypatch, learnt_run):
+    # on the session's 64 px run, as the notebook's CKPT (the training cell is quickstart's, tested above)
+    nb = execute("gradcam", tmp_path, monkeypatch, HRN_NOTEBOOK_CKPT=str(learnt_run.best))
     assert len(outputs(nb, "image/png")) >= 4  # predicted, trunk, named target, full vs 0.25
     assert "full " in text(nb) and "0.25 " in text(nb)
     assert (tmp_path / "work" / "cams.png").is_file()

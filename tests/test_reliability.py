@@ -177,14 +177,10 @@ def unbroken(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_deterministic_runs_are_bit_identical(unbroken, tmp_path):
-    result = _train(tmp_path / "again")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert _metrics(unbroken) == _metrics(tmp_path / "again")  # exact float equality, not approx
-
-
-@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_unbroken_run(unbroken, tmp_path):
+    """A second deterministic run, in a process of its own, is killed in its second epoch and resumed from its last
+    checkpoint: its metrics equal the unbroken run's bit for bit. So two runs of the same settings agree exactly
+    (the first epoch of each, started apart) and a resume loses nothing (the second)."""
     broken = tmp_path / "broken"
     proc = _train_killable(broken)
     last = broken / "checkpoints" / "last.ckpt"

@@ -280,7 +280,9 @@ def test_ddp_cpu_trains_and_reports_the_single_process_metrics(tmp_path):
     ddp = json.loads((run / "metrics.json").read_text())
     assert ddp["test/num_samples"] == 5
     best = next((run / "checkpoints").glob("best-*.ckpt"))
-    single = _run("hrn.evaluate", f"ckpt_path={best}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    single = fixtures.run_command(
+        "evaluate", f"ckpt_path={best}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     one = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for key in (
