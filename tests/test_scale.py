@@ -148,7 +148,8 @@ def test_interleaved_timing_alternates_the_order_every_round():
 
 
 @pytest.mark.slow
-def test_bench_quick_writes_json(tmp_path):
+def test_bench_quick_writes_json(tmp_path, capsys):
+    """Every part of the benchmark, in its quick sizes: the JSON has each figure, the table names each row."""
     result = bench_main(["--quick", "--device", "cpu", "--out", str(tmp_path / "bench.json")])
     on_disk = json.loads((tmp_path / "bench.json").read_text())
     assert on_disk["quick"] is True and on_disk["machine"]["cores"] >= 1
@@ -176,6 +177,15 @@ def test_bench_quick_writes_json(tmp_path):
         assert all(r["images_per_s"] > 0 for r in small["loaders"]) and small["memory_vs_png"] > 0
     else:
         assert "no Fashion-MNIST files" in small["skipped"]
+    convnet, vit = result["train_step_timm"]
+    assert (convnet["trunk"], vit["trunk"]) == ("timm:convnext_atto", "timm:vit_tiny_patch16_224")
+    for row in (convnet, vit):
+        assert row["ratio_median"] > 0 and row["hrn_images_per_s"] > 0 and row["trunk_images_per_s"] > 0
+    stems = result["stems"]
+    assert stems["map_side"] == {"standard": 1, "small, stride 2": 2, "small, stride 1": 4}
+    assert stems["slowdown"]["standard"] == 1 and stems["slowdown"]["small, stride 1"] > 0
+    out = capsys.readouterr().out
+    assert "timm:vit_tiny_patch16_224 at 64 px" in out and "small, stride 2" in out
 
 
 def test_bench_only_runs_the_parts_named(tmp_path, capsys):
@@ -192,21 +202,6 @@ def test_bench_only_runs_the_parts_named(tmp_path, capsys):
         in capsys.readouterr().err
     )
     assert not (tmp_path / "never.json").exists()
-
-
-def test_bench_times_timm_trunks_and_the_stems(tmp_path, capsys):
-    result = bench_main(
-        ["--quick", "--device", "cpu", "--only", "train_step_timm,stems", "--out", str(tmp_path / "b.json")]
-    )
-    convnet, vit = result["train_step_timm"]
-    assert (convnet["trunk"], vit["trunk"]) == ("timm:convnext_atto", "timm:vit_tiny_patch16_224")
-    for row in (convnet, vit):
-        assert row["ratio_median"] > 0 and row["hrn_images_per_s"] > 0 and row["trunk_images_per_s"] > 0
-    stems = result["stems"]
-    assert stems["map_side"] == {"standard": 1, "small, stride 2": 2, "small, stride 1": 4}
-    assert stems["slowdown"]["standard"] == 1 and stems["slowdown"]["small, stride 1"] > 0
-    out = capsys.readouterr().out
-    assert "timm:vit_tiny_patch16_224 at 64 px" in out and "small, stride 2" in out
 
 
 @pytest.mark.slow
