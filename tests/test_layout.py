@@ -23,6 +23,7 @@ COMMANDS = (
     "report",
     "bench",
     "demo",
+    "shard",
 )
 COMMAND_LAYER = ("hrn.cli",)  # what the commands share: the Hydra layer
 TRAINING = ("hrn.training",)  # the only part on Lightning

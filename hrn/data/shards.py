@@ -1,0 +1,120 @@
+"""A dataset as LitData shards: written once by ``python -m hrn.shard``, read back by ``litdata.StreamingDataset``.
+
+Layout of ``out``::
+
+    out/train/  out/val/  out/test/     litdata's chunks (``chunk-*.bin``) and ``index.json``, one set per split
+    out/hrn.json                        the tree (names included), the split sizes, the transform sizes and the
+                                        source dataset's settings; written last: a set without it is incomplete
+
+Each sample is ``{"image": (3, S, S) uint8, "label": node index, "id": the source's path or id}``: the image after
+the dataset's decode and resize to ``resize`` (not cropped, flipped or normalised: those stay the training
+transform's), the label as the dataset gives it (relabelling and degrading stay protocol steps of training, so one
+shard set serves a whole relabel sweep). uint8 arrays rather than JPEG: the pixels are the cache's exactly, with
+no second lossy encoding, and need no decoding to read.
+
+LitData does the chunking, the parallel writing and later the streaming (local disks, shared file systems and the
+object stores it supports); nothing here shards by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from hrn.atomic import write_json
+from hrn.data.base import DataError, DataSplits, LabelledImages
+
+__all__ = ["MANIFEST", "SPLITS", "read_manifest", "write_shards"]
+
+MANIFEST = "hrn.json"
+# fork where there is one: the writers inherit the loaded dataset, where spawning would import torch afresh in each
+START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+SPLITS = ("train", "val", "test")
+FORMAT = 1
+
+
+def _sample(i: int, images: LabelledImages) -> dict:
+    """Sample ``i`` of a split as litdata stores it (a top-level function: litdata's workers pickle it)."""
+    return {
+        "image": np.ascontiguousarray(images.source(i).numpy()),
+        "label": int(images.targets[i]),
+        "id": str(images.paths[i]),
+    }
+
+
+def read_manifest(out: str | Path) -> dict | None:
+    """``out/hrn.json`` when the shard set is complete; None when it is not there yet."""
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(
+            f"{path}: not a readable shard manifest ({e}); delete {out} and write it again"
+        ) from None
+
+
+def write_shards(
+    data: DataSplits,
+    out: str | Path,
+    source: Mapping,
+    chunk_bytes: str = "64MB",
+    num_workers: int = 1,
+    optimize: Callable | None = None,
+) -> dict:
+    """Write ``data``'s splits under ``out`` (the module docstring's layout) and return the manifest.
+
+    ``source``: the dataset's settings (its config), recorded in the manifest; a complete ``out`` written from
+    the same settings is left as it is (returned at once), one written from other settings is an error. Each split
+    is written to a temporary folder beside its final one and renamed once litdata has finished it; the manifest is
+    written last, atomically, so an interrupted write never reads as complete."""
+    if optimize is None:
+        from litdata import optimize  # the `scale` extra: imported only where shards are written
+    out = Path(out)
+    manifest = {
+        "format": FORMAT,
+        "tree": data.hierarchy.to_dict(),
+        "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "val_is_test": data.val is data.test,
+        "transform": {
+            "resize": data.augment.resize,
+            "crop": data.augment.crop,
+            "padding": data.augment.padding,
+        },
+        "dataset": dict(source),
+        "name": data.name,
+    }
+    done = read_manifest(out)
+    if done is not None:
+        if {k: done.get(k) for k in manifest} != json.loads(json.dumps(manifest)):
+            raise DataError(
+                f"out={out}: holds the shards of other dataset settings; give another folder or delete it"
+            )
+        return done
+    out.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        images = getattr(data, split)
+        final, partial_dir = out / split, out / f".{split}.partial"
+        for stale in (final, partial_dir):  # an interrupted earlier write: start the split again
+            if stale.exists():
+                shutil.rmtree(stale)
+        optimize(
+            fn=partial(_sample, images=images),
+            inputs=list(range(len(images))),
+            output_dir=str(partial_dir),
+            chunk_bytes=chunk_bytes,
+            num_workers=num_workers,
+            mode="overwrite",
+            start_method=START_METHOD,
+            keep_data_ordered=True,  # the written order is the dataset's, so sample i is sample i
+        )
+        partial_dir.rename(final)
+    write_json(out / MANIFEST, manifest)
+    return manifest

@@ -1,0 +1,95 @@
+"""``python -m hrn.shard``: a dataset as LitData shards, read back by litdata's own StreamingDataset with the split
+sizes ``hrn.inspect`` reports and the pixels, labels and ids of the dataset itself."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from litdata import StreamingDataset
+from omegaconf import OmegaConf
+
+from hrn.cli.config import CONF_DIR
+from hrn.data.base import DataError
+from hrn.data.shards import MANIFEST, SPLITS, read_manifest, write_shards
+from hrn.tree import Hierarchy
+from tests.fixtures import run_command
+
+DATA = ["dataset.train_per_leaf=4", "dataset.val_per_leaf=2", "dataset.test_per_leaf=3"]
+
+
+def dataset_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("shard", overrides=["out=unused", *DATA, *overrides]).dataset
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards") / "synthetic"
+    ran = run_command("shard", *DATA, f"out={out}")
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert json.loads(ran.stdout.strip().splitlines()[-1])["splits"] == {"train": 48, "val": 24, "test": 36}
+    return out
+
+
+def test_streaming_dataset_reads_back_what_inspect_counts(shards, tmp_path):
+    seen = json.loads(run_command("inspect", *DATA, cwd=tmp_path).stdout.strip().splitlines()[-1])
+    data = instantiate(dataset_cfg())
+    for split in SPLITS:
+        stream = StreamingDataset(str(shards / split))
+        assert len(stream) == seen[split]["num_samples"] == len(getattr(data, split)), split
+        images = getattr(data, split)
+        for i in (0, len(stream) - 1):  # litdata keeps the written order without shuffle
+            item = stream[i]
+            assert item["image"].dtype == np.uint8 and item["image"].shape == (3, 32, 32)
+            assert np.array_equal(item["image"], images.source(i).numpy())
+            assert (item["label"], item["id"]) == (images.targets[i], images.paths[i])
+    manifest = json.loads((shards / MANIFEST).read_text())
+    assert Hierarchy.from_dict(manifest["tree"]).level_sizes == seen["tree"]["levels"] == [3, 6, 12]
+    assert (
+        manifest["transform"] == {"resize": 32, "crop": 32, "padding": 2} and manifest["val_is_test"] is False
+    )
+    assert manifest["dataset"]["_target_"] == "hrn.data.synthetic.synthetic"
+
+
+def test_a_complete_set_is_left_alone_and_other_settings_are_refused(shards):
+    before = {p: p.stat().st_mtime_ns for p in shards.rglob("*") if p.is_file()}
+    again = run_command("shard", *DATA, f"out={shards}")
+    assert (
+        again.returncode == 0
+        and {p: p.stat().st_mtime_ns for p in shards.rglob("*") if p.is_file()} == before
+    )
+    other = run_command("shard", *DATA, "dataset.test_per_leaf=4", f"out={shards}")
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"hrn: error: out={shards}: holds the shards of other dataset settings; give another folder or delete it"
+    )
+
+
+def test_an_interrupted_write_never_reads_as_complete(tmp_path):
+    cfg = dataset_cfg()
+    data, source = instantiate(cfg), OmegaConf.to_container(cfg, resolve=True)
+    calls = []
+
+    def dies_on_the_second_split(**kwargs):
+        calls.append(kwargs["output_dir"])
+        Path(kwargs["output_dir"]).mkdir(parents=True)
+        (Path(kwargs["output_dir"]) / "chunk-0-0.bin").write_bytes(b"half")
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(data, tmp_path / "out", source, optimize=dies_on_the_second_split)
+    assert read_manifest(tmp_path / "out") is None and not (tmp_path / "out" / "val").exists()
+    manifest = write_shards(data, tmp_path / "out", source)  # the real writer, from the start
+    assert manifest["splits"] == {"train": 48, "val": 24, "test": 36}
+    assert len(StreamingDataset(str(tmp_path / "out" / "val"))) == 24
+    assert not list((tmp_path / "out").glob(".*.partial"))
+
+
+def test_a_broken_manifest_is_one_line(tmp_path):
+    (tmp_path / MANIFEST).write_text("{half")
+    with pytest.raises(DataError, match=rf"{MANIFEST}: not a readable shard manifest"):
+        read_manifest(tmp_path)
