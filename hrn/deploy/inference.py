@@ -160,7 +160,9 @@ def predict_images(
             names.append(paths[i])
         if not batch:
             continue
-        marginals, routes, leaf_probs = infer(net, tree, torch.stack(batch).to(dev), model.tree_scores, source)
+        marginals, routes, leaf_probs = infer(
+            net, tree, torch.stack(batch).to(dev), model.tree_scores, source
+        )
         nodes = tree.confident_node(marginals, threshold, routes)[0].tolist()
         routes, marginals, leaf_probs = routes.tolist(), marginals.cpu(), leaf_probs.cpu()
         for j in range(len(batch)):
@@ -188,5 +190,13 @@ def predict(
     check_source(probabilities)
     model = load_checkpoint(ckpt_path, trust)
     yield from predict_images(
-        model, expand_images(images), top_k, batch_size, device, threshold, on_bad_image, skipped, probabilities
+        model,
+        expand_images(images),
+        top_k,
+        batch_size,
+        device,
+        threshold,
+        on_bad_image,
+        skipped,
+        probabilities,
     )
