@@ -93,3 +93,27 @@ def test_a_broken_manifest_is_one_line(tmp_path):
     (tmp_path / MANIFEST).write_text("{half")
     with pytest.raises(DataError, match=rf"{MANIFEST}: not a readable shard manifest"):
         read_manifest(tmp_path)
+
+
+SAME_MODEL = [  # what conf/dataset/synthetic.yaml picks, given to the shards run by hand
+    "model.trunk=resnet18", "model.pretrained=false", "model.stem=small", "model.stem_stride=2",
+    "model.width=32", "model.dim=16", "optimizer.lr=0.02", "trainer.max_epochs=2",
+    "callbacks.progress_bar.refresh_rate=0", "relabel_ratio=0.5", "seed=3",
+]  # fmt: skip
+
+
+def test_a_run_on_shards_equals_the_run_on_their_dataset(shards, tmp_path):
+    """dataset=shards: the same images, labels, relabelling, order and crops as the synthetic dataset they were
+    written from, so the same weights and the same test metrics, bit for bit."""
+    from hrn.train import train
+
+    runs = {}
+    for name, data in (
+        ("synthetic", [*DATA, "dataset.batch_size=16"]),
+        ("shards", ["dataset=shards", f"dataset.root={shards}", "dataset.batch_size=16"]),
+    ):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=[f"run_dir={tmp_path / name}", *data, *SAME_MODEL])
+        runs[name] = train(cfg)
+    assert runs["shards"] == runs["synthetic"]  # exact float equality
+    assert runs["shards"]["test/num_samples"] == 36

@@ -26,16 +26,20 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hrn.atomic import write_json
-from hrn.data.base import DataError, DataSplits, LabelledImages
+from hrn.data.augment import Augment, downsample, resize_image
+from hrn.data.base import DataError, DataSplits, ImageSource, LabelledImages
+from hrn.tree import Hierarchy
 
-__all__ = ["MANIFEST", "SPLITS", "read_manifest", "write_shards"]
+__all__ = ["MANIFEST", "SPLITS", "ShardImages", "read_manifest", "shards", "write_shards"]
 
 MANIFEST = "hrn.json"
 # fork where there is one: the writers inherit the loaded dataset, where spawning would import torch afresh in each
 START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 SPLITS = ("train", "val", "test")
+LABELS, IDS = "hrn-labels.npy", "hrn-ids.json"  # beside litdata's files in each split's folder
 FORMAT = 1
 
 
@@ -115,6 +119,76 @@ def write_shards(
             start_method=START_METHOD,
             keep_data_ordered=True,  # the written order is the dataset's, so sample i is sample i
         )
+        # the labels and ids beside the chunks: a reader builds its split without a pass over the images
+        np.save(partial_dir / LABELS, np.asarray(images.targets, dtype=np.int64))
+        (partial_dir / IDS).write_text(json.dumps([str(p) for p in images.paths]))
         partial_dir.rename(final)
     write_json(out / MANIFEST, manifest)
     return manifest
+
+
+class ShardImages(ImageSource):
+    """A split's images from its shards, by index through ``litdata.StreamingDataset`` (opened on first use, so
+    each loader worker opens its own). ``scale`` below 1 (the degrade protocol) downsamples the stored, already
+    resized image, where the file datasets downsample the original."""
+
+    def __init__(self, folder: str, size: int, length: int) -> None:
+        self.folder, self.size, self.length = folder, size, length
+        self._stream = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __call__(self, i: int, scale: float = 1.0) -> torch.Tensor:
+        if self._stream is None:
+            from litdata import StreamingDataset
+
+            self._stream = StreamingDataset(self.folder)
+        image = torch.from_numpy(self._stream[i]["image"])
+        return resize_image(downsample(image, scale), self.size) if scale < 1.0 else image
+
+    def __getstate__(self) -> dict:  # a worker opens its own stream
+        return {**self.__dict__, "_stream": None}
+
+
+def shards(
+    root: str, batch_size: int = 32, num_workers: int = 0, crop: int | None = None, padding: int | None = None
+) -> DataSplits:
+    """The shard set under ``root`` (``hrn.shard``'s ``out``) as the package's splits: the tree, sizes and transform
+    of its manifest (``crop`` and ``padding`` may be changed, not ``resize``: the images are stored at it), the
+    images read by index from litdata's shards, and the same samplers, crops and protocols as every other dataset,
+    so a run on shards equals the run on the dataset they were written from, bit for bit (relabelling included)."""
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise DataError(
+            f"dataset.root={root}: no complete shard set ({MANIFEST} missing); write one with python -m hrn.shard"
+        )
+    if manifest.get("format") != FORMAT:
+        raise DataError(
+            f"dataset.root={root}: shard format {manifest.get('format')!r}; this hrn reads {FORMAT}"
+        )
+    h = Hierarchy.from_dict(manifest["tree"])
+    t = manifest["transform"]
+    augment = Augment(
+        t["resize"], t["crop"] if crop is None else crop, t["padding"] if padding is None else padding
+    )
+    base = Path(root)
+    splits = {}
+    for split in SPLITS:
+        folder = base / split
+        try:
+            targets = np.load(folder / LABELS).tolist()
+            paths = json.loads((folder / IDS).read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(
+                f"dataset.root={root}: the {split} split's labels or ids do not read ({e})"
+            ) from None
+        splits[split] = LabelledImages(
+            ShardImages(str(folder), augment.resize, len(targets)), targets, paths, augment
+        )
+    if manifest.get("val_is_test"):  # written from a dataset that validates on its test split: so does this one
+        splits["val"] = splits["test"]
+    return DataSplits(
+        h, **splits, augment=augment, batch_size=batch_size, num_workers=num_workers,
+        name=f"shards of {manifest.get('name', 'a dataset')}",
+    )  # fmt: skip
