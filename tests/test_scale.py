@@ -166,8 +166,9 @@ def test_bench_quick_writes_json(tmp_path, capsys):
     )  # how much slower than a plain ResNet: a figure, not a test
     data = result["data"]
     assert {(r["path"], r["workers"]) for r in data["loaders"]} == {
-        (path, w) for path in ("pil", "cache", "pil_float") for w in (0, 2)
+        (path, w) for path in ("pil", "cache", "shards", "pil_float") for w in (0, 2)
     }
+    assert set(data["shards_vs_cache"]) == {"0", "2"} and data["shard_write_s"] > 0
     assert all(r["images_per_s"] > 0 for r in data["loaders"]) and set(data["cache_speedup"]) == {"0", "2"}
     assert data["transform_images_per_s"] > 0
     small = result["small_images"]

@@ -92,7 +92,14 @@ def bench_data(quick: bool, device: torch.device, workers: int | None = None) ->
     workers = workers if workers is not None else (2 if quick else min(8, max(1, (os.cpu_count() or 2) - 1)))
     epochs = 1 if quick else 2
     rows = []
+    shard_write_s = None
     with tempfile.TemporaryDirectory() as tmp:
+        try:
+            from hrn.data.shards import shards, write_shards  # needs litdata, the scale extra
+
+            shard_set: Path | None = Path(tmp) / "shards"
+        except ImportError:
+            shard_set = None
         root = write_image_folder(Path(tmp) / "folder", count, 8, classes=8)
         for w in sorted({0, workers}):
             for cache in (False, True):
@@ -107,6 +114,19 @@ def bench_data(quick: bool, device: torch.device, workers: int | None = None) ->
                 if cache:
                     row["build_s"] = time.perf_counter() - start
                 rows.append(row)
+            if shard_set is not None:  # the same images as LitData shards (written once, from the cache)
+                if not shard_set.exists():
+                    start = time.perf_counter()
+                    write_shards(data, shard_set, {"bench": "folder"})
+                    shard_write_s = time.perf_counter() - start
+                streamed = shards(str(shard_set), batch_size=32, num_workers=w)
+                rows.append(
+                    {
+                        "path": "shards",
+                        "workers": w,
+                        "images_per_s": loader_rate(streamed.loader("train"), epochs),
+                    }
+                )
             previous = DataLoader(
                 _PerImageFloat(data.train), batch_size=32, num_workers=w, persistent_workers=w > 0,
                 sampler=EpochShuffleSampler(len(data.train)),
@@ -121,6 +141,10 @@ def bench_data(quick: bool, device: torch.device, workers: int | None = None) ->
         "sizes": "Resize 550 -> RandomCrop 448 pad 8 -> flip -> Normalize, batch 32",
         "loaders": rows,
         "cache_speedup": {str(w): by[("cache", w)] / by[("pil", w)] for w in sorted({0, workers})},
+        "shards_vs_cache": {
+            str(w): by[("shards", w)] / by[("cache", w)] for w in sorted({0, workers}) if ("shards", w) in by
+        },
+        "shard_write_s": shard_write_s,
         "transform_device": str(device),
         "transform_images_per_s": len(images) / seconds,
     }

@@ -72,6 +72,12 @@ def data_table(d: dict) -> str:
     out.append(
         "  cache / pil: " + ", ".join(f"{x:.1f}x at {w} workers" for w, x in d["cache_speedup"].items())
     )
+    if d.get("shards_vs_cache"):
+        out.append(
+            "  shards / cache: "
+            + ", ".join(f"{x:.2f}x at {w} workers" for w, x in d["shards_vs_cache"].items())
+            + f" (shards written in {d['shard_write_s']:.1f} s)"
+        )
     return "\n".join(out)
 
 

@@ -45,6 +45,9 @@ FORMAT = 1
 
 def _sample(i: int, images: LabelledImages) -> dict:
     """Sample ``i`` of a split as litdata stores it (a top-level function: litdata's workers pickle it)."""
+    if torch.get_num_threads() != 1:
+        # a forked writer must not enter the parent's OpenMP pool (it hangs there); DataLoader workers do the same
+        torch.set_num_threads(1)
     return {
         "image": np.ascontiguousarray(images.source(i).numpy()),
         "label": int(images.targets[i]),
@@ -186,7 +189,9 @@ def shards(
         splits[split] = LabelledImages(
             ShardImages(str(folder), augment.resize, len(targets)), targets, paths, augment
         )
-    if manifest.get("val_is_test"):  # written from a dataset that validates on its test split: so does this one
+    if manifest.get(
+        "val_is_test"
+    ):  # written from a dataset that validates on its test split: so does this one
         splits["val"] = splits["test"]
     return DataSplits(
         h, **splits, augment=augment, batch_size=batch_size, num_workers=num_workers,
