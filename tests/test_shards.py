@@ -45,7 +45,8 @@ def test_streaming_dataset_reads_back_what_inspect_counts(shards, tmp_path):
             item = stream[i]
             assert item["image"].dtype == np.uint8 and item["image"].shape == (3, 32, 32)
             assert np.array_equal(item["image"], images.source(i).numpy())
-            assert (item["label"], item["id"]) == (images.targets[i], images.paths[i])
+            assert (item["label"], item["index"]) == (images.targets[i], i)
+        assert json.loads((shards / split / "hrn-ids.json").read_text()) == images.paths
     manifest = json.loads((shards / MANIFEST).read_text())
     assert Hierarchy.from_dict(manifest["tree"]).level_sizes == seen["tree"]["levels"] == [3, 6, 12]
     assert (

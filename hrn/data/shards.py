@@ -6,7 +6,8 @@ Layout of ``out``::
     out/hrn.json                        the tree (names included), the split sizes, the transform sizes and the
                                         source dataset's settings; written last: a set without it is incomplete
 
-Each sample is ``{"image": (3, S, S) uint8, "label": node index, "id": the source's path or id}``: the image after
+Each sample is ``{"image": (3, S, S) uint8, "label": node index, "index": its position}``, its id (the source's
+file path or name) the position's entry of ``hrn-ids.json`` beside the split's chunks: the image after
 the dataset's decode and resize to ``resize`` (not cropped, flipped or normalised: those stay the training
 transform's), the label as the dataset gives it (relabelling and degrading stay protocol steps of training, so one
 shard set serves a whole relabel sweep). uint8 arrays rather than JPEG: the pixels are the cache's exactly, with
@@ -51,7 +52,8 @@ def _sample(i: int, images: LabelledImages) -> dict:
     return {
         "image": np.ascontiguousarray(images.source(i).numpy()),
         "label": int(images.targets[i]),
-        "id": str(images.paths[i]),
+        # the position, not the path: litdata would store a string naming an existing file as that file's bytes
+        "index": i,
     }
 
 
