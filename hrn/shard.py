@@ -34,8 +34,9 @@ def main(cfg: DictConfig) -> None:
     if read_manifest(cfg.out) is None:
         log.info("writing the shards of dataset %s into %s", cfg.dataset.get("_target_"), cfg.out)
     source = OmegaConf.to_container(cfg.dataset, resolve=True)
+    data = instantiate(cfg.dataset)
     manifest = write_shards(
-        instantiate(cfg.dataset), cfg.out, source, str(cfg.chunk_bytes), int(cfg.num_workers)
+        data, cfg.out, source, chunk_bytes=str(cfg.chunk_bytes), num_workers=int(cfg.num_workers)
     )
     levels = [len(names) for names in manifest["tree"]["levels"]]
     print(json_text({"out": str(cfg.out), "splits": manifest["splits"], "levels": levels}))

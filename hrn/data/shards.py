@@ -71,13 +71,9 @@ def read_manifest(out: str | Path) -> dict | None:
 
 
 def write_shards(
-    data: DataSplits,
-    out: str | Path,
-    source: Mapping,
-    chunk_bytes: str = "64MB",
-    num_workers: int = 1,
-    optimize: Callable | None = None,
-) -> dict:
+    data: DataSplits, out: str | Path, source: Mapping, *,
+    chunk_bytes: str = "64MB", num_workers: int = 1, optimize: Callable | None = None,
+) -> dict:  # fmt: skip
     """Write ``data``'s splits under ``out`` (the module docstring's layout) and return the manifest.
 
     ``source``: the dataset's settings (its config), recorded in the manifest; a complete ``out`` written from
