@@ -100,13 +100,14 @@ def inat21_tree(paths: Sequence[tuple[str, ...]], ranks: tuple[str, ...]) -> tup
                 name[q] = taxon
             elif sum(len(o) == len(q) for o in nodes) == 1:
                 name[q] = f"{taxon} ({rank})"
-            else:  # the same name twice at one rank, under different parents
-                name[q] = f"{taxon} ({rank} in {q[-2]})" if len(q) > 1 else taxon
+            else:  # the same name twice at one rank, so under different parents (level 1 has one of each)
+                name[q] = f"{taxon} ({rank} in {q[-2]})"
     edges = [(name[q[:-1]], name[q]) for q in prefixes if len(q) > 1]
     return Hierarchy.from_edges(edges), {p: name[p] for p in paths}
 
 
-def _samples(doc: dict, root: Path, where: Path, leaf: dict, h: Hierarchy) -> list[Sample]:
+def _samples(doc: dict, root: Path, where: Path, leaf: dict) -> list[Sample]:
+    """The annotations of ``doc`` as samples; ``leaf``: each category id's node index."""
     files = {}
     for image in doc["images"]:
         if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
@@ -120,7 +121,7 @@ def _samples(doc: dict, root: Path, where: Path, leaf: dict, h: Hierarchy) -> li
             raise DataError(
                 f"{where}: annotation {str(note)[:80]} names an image or category that the file does not list"
             ) from None
-        samples.append(Sample(root / file_name, h.index(node)))
+        samples.append(Sample(root / file_name, node))
     return samples
 
 
@@ -150,7 +151,7 @@ def inat21(root: str, variant: str = "train", ranks: Sequence[str] | None = None
                     f"{where}: category {category['id']} has other ranks than in {docs['train'][0].name}"
                 )
     h, leaf_names = inat21_tree(list(paths.values()), ranks)
-    leaf = {cid: leaf_names[p] for cid, p in paths.items()}
-    train, test = (_samples(doc, base, where, leaf, h) for where, doc in docs.values())
+    leaf = {cid: h.index(leaf_names[p]) for cid, p in paths.items()}  # once a category, not once an image
+    train, test = (_samples(doc, base, where, leaf) for where, doc in docs.values())
     name = "inat21" if variant == "train" else "inat21_mini"  # also the image caches' names
     return make_splits(name, h, train, test, files, source=f"{docs['train'][0]} and {docs['test'][0]}")

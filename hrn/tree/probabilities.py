@@ -222,12 +222,13 @@ class TreeProbabilities(nn.Module):
         ``"leaf"`` the leaf softmax summed up the tree, ``"mix"`` the mean of the two, ``"heads"`` the heads' own
         probabilities (``output.level_probs``, untouched)."""
         source = check_source(source)
-        leaf_only = check_tree_scores(tree_scores) == "leaf"
-        if source == "heads" and not leaf_only:
+        if check_tree_scores(tree_scores) == "leaf":
+            source = "leaf"  # a leaf-only network answers with its leaf softmax, whatever is asked
+        if source == "heads":
             return output.scores("sigmoid").float()
-        if leaf_only or source != "tree":
+        if source != "tree":
             leaf = self.leaf_marginals(output.leaf_logits.float() / self.leaf_temperature)
-            if leaf_only or source in ("leaf", "heads"):
+            if source == "leaf":
                 return leaf
         tree = self.marginals(output.scores(tree_scores).float() / self.tree_temperature)
         return tree if source == "tree" else 0.5 * (tree + leaf)
