@@ -118,3 +118,16 @@ def test_a_run_on_shards_equals_the_run_on_their_dataset(shards, tmp_path):
         runs[name] = train(cfg)
     assert runs["shards"] == runs["synthetic"]  # exact float equality
     assert runs["shards"]["test/num_samples"] == 36
+
+
+def test_a_dataset_that_validates_on_test_is_written_once_and_read_back_so(tmp_path):
+    from hrn.data.shards import shards as read_shards
+
+    cfg = dataset_cfg()
+    data = instantiate(cfg)
+    data.val = data.test  # as a file dataset with dataset.val_fraction=0
+    manifest = write_shards(data, tmp_path / "out", OmegaConf.to_container(cfg, resolve=True))
+    assert manifest["val_is_test"] and manifest["splits"]["val"] == 36
+    assert not (tmp_path / "out" / "val").exists() and (tmp_path / "out" / "test").is_dir()
+    again = read_shards(str(tmp_path / "out"))
+    assert again.val is again.test and len(again.test) == 36

@@ -3,6 +3,7 @@
 Layout of ``out``::
 
     out/train/  out/val/  out/test/     litdata's chunks (``chunk-*.bin``) and ``index.json``, one set per split
+                                        (no val/ for a dataset that validates on its test split: test serves both)
     out/hrn.json                        the tree (names included), the split sizes, the transform sizes and the
                                         source dataset's settings; written last: a set without it is incomplete
 
@@ -104,7 +105,8 @@ def write_shards(
             )
         return done
     out.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
+    # a dataset that validates on its test split has those images once: the reader serves them as both
+    for split in ("train", "test") if manifest["val_is_test"] else SPLITS:
         images = getattr(data, split)
         final, partial_dir = out / split, out / f".{split}.partial"
         for stale in (final, partial_dir):  # an interrupted earlier write: start the split again
@@ -175,7 +177,7 @@ def shards(
     )
     base = Path(root)
     splits = {}
-    for split in SPLITS:
+    for split in ("train", "test") if manifest.get("val_is_test") else SPLITS:
         folder = base / split
         try:
             targets = np.load(folder / LABELS).tolist()
@@ -187,10 +189,8 @@ def shards(
         splits[split] = LabelledImages(
             ShardImages(str(folder), augment.resize, len(targets)), targets, paths, augment
         )
-    if manifest.get(
-        "val_is_test"
-    ):  # written from a dataset that validates on its test split: so does this one
-        splits["val"] = splits["test"]
+    # written from a dataset that validates on its test split (stored once, as test): so does this one
+    splits.setdefault("val", splits["test"])
     return DataSplits(
         h, **splits, augment=augment, batch_size=batch_size, num_workers=num_workers,
         name=f"shards of {manifest.get('name', 'a dataset')}",
