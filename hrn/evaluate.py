@@ -4,11 +4,11 @@ paper's table from a checkpoint, on the test split (or ``split=val``) of the dat
 run directory:
 
 - ``metrics.json``: the flat metrics, ``test/acc_l1`` ... ``test/num_samples`` (prefix = the split);
-- ``predictions.npz``: ``scores`` (M, N) as used for ``ap_micro``, ``targets`` (M, N) multi-hot (label and
-  ancestors), ``preds`` (M, L) per-level predictions, ``node`` (M,) the node predicted at ``threshold``, ``path``
+- ``predictions.npz``: ``target`` (M,) the labels, ``scores`` (M, N) as used for ``ap_micro`` and ``targets``
+  (M, N) multi-hot (label and ancestors), both (M, 0) for a tree over ``ap_max_nodes``, ``preds`` (M, L) per-level predictions, ``node`` (M,) the node predicted at ``threshold``, ``path``
   and ``path_probs`` (M, L), ``paths`` (M,);
 - ``per_class.csv``: per node, its level, support and accuracy;
-- ``confusion_l{l}.png``: a confusion matrix per level;
+- ``confusion_l{l}.png``: a confusion matrix per level (of at most 2,000 classes);
 - ``specificity.csv`` and ``specificity.png``: hP, hR, hF, where the predictions stop and their accuracy, for a
   grid of thresholds: the picture to choose a threshold from.
 """
@@ -32,6 +32,7 @@ from hrn.data.base import DataError
 from hrn.metrics import level_table
 from hrn.metrics.hierarchical import check_threshold
 from hrn.metrics.outputs import (
+    CONFUSION_MAX_CLASSES,
     per_class_rows,
     specificity_rows,
     write_confusions,
@@ -82,7 +83,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         write_json(run_dir / "metrics.json", metrics)
         write_predictions(run_dir / "predictions.npz", records, data.hierarchy, paths)
         write_per_class(run_dir / "per_class.csv", per_class_rows(records, data.hierarchy))
-        write_confusions(run_dir, records, data.hierarchy)
+        confusions = write_confusions(run_dir, records, data.hierarchy)
         write_specificity(run_dir, specificity_rows(records, data.hierarchy), data.hierarchy)
         print(level_table(metrics, data.hierarchy.level_sizes, stage=cfg.split))
         for key in SUMMARY:
@@ -91,9 +92,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         print(
             f"at threshold {threshold:g}: hierarchical precision, recall and F1 of the deepest confident node"
         )
+        skipped = data.hierarchy.num_levels - len(confusions)
+        too_big = f" (none for {skipped} levels of over {CONFUSION_MAX_CLASSES:,} classes)" if skipped else ""
         print(
-            f"wrote {run_dir}/metrics.json, predictions.npz, per_class.csv, confusion_l*.png, specificity.csv, "
-            "specificity.png"
+            f"wrote {run_dir}/metrics.json, predictions.npz, per_class.csv, {len(confusions)} confusion_l*.png"
+            f"{too_big}, specificity.csv, specificity.png"
         )
     return metrics
 

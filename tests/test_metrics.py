@@ -1,5 +1,9 @@
 """Layer 2: the evaluation metrics, by hand on a tiny tree and against scikit-learn."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
@@ -135,3 +139,76 @@ def test_a_tree_over_ap_max_nodes_skips_ap_and_never_builds_the_ancestor_matrix(
     out = m.compute()
     assert "ap_micro" not in out and out["acc_l3"].item() == 1.0 and out["h_f1"].item() == 1.0
     assert "ancestors" not in h.__dict__  # the cached (N, N) matrix of the Hierarchy was never computed
+
+
+HUNDRED_K = """
+import json, resource, sys
+import torch
+from hrn.benchmarks.tree_loss import balanced_tree
+from hrn.losses import TreeLoss
+from hrn.metrics import HierarchicalMetrics
+
+h = balanced_tree(101_100, roots=100, middle=1_000)  # 100 / 1,000 / 100,000 nodes
+g = torch.Generator().manual_seed(0)
+sig = [torch.rand(64, n, generator=g) for n in h.level_sizes]
+leaf = torch.randn(64, h.level_sizes[-1], generator=g)
+marginals = TreeLoss(h).marginals(torch.cat(sig, 1))
+targets = torch.randint(0, h.num_nodes, (64,), generator=g)
+with open("/proc/self/statm") as f:
+    before = int(f.read().split()[1]) * resource.getpagesize()  # resident bytes now
+m = HierarchicalMetrics(h)  # the default ap_max_nodes: AP off at this size
+for _ in range(2):
+    m.update(sig, leaf, marginals, targets)
+out = m.compute()
+with open("/proc/self/status") as f:  # VmHWM: this process's peak; ru_maxrss would carry the parent's over exec
+    peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+print(json.dumps({"grew": peak - before, "nodes": h.num_nodes, "ancestors": "ancestors" in h.__dict__,
+                  "keys": sorted(out), "num_samples": out["num_samples"].item()}))
+"""
+
+
+def test_a_101100_node_tree_is_measured_within_1_gb():
+    """Constructing the metrics, two updates and a compute for a 101,100-node tree (64 samples each) grow the
+    process by under 1 GB at its peak, in a process of its own: the (N, N) ancestor matrix alone would be 10 GB.
+    (The peak since the process started, less the resident size before: an upper bound on what the metrics took.)"""
+    ran = subprocess.run([sys.executable, "-c", HUNDRED_K], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    seen = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert seen["nodes"] == 101_100 and seen["num_samples"] == 128 and not seen["ancestors"]
+    assert "ap_micro is not computed" in ran.stderr and "ap_micro" not in seen["keys"]
+    assert {"acc_l3", "h_f1", "hdist_at5", "mistake_severity"} <= set(seen["keys"])
+    assert seen["grew"] < 2**30, f"grew by {seen['grew'] / 2**20:.0f} MiB"
+
+
+def test_evaluate_outputs_of_a_tree_over_ap_max_nodes_stay_bounded(tree, tmp_path, monkeypatch):
+    """What hrn.evaluate writes for a tree too big for AP: ``predictions.npz`` keeps the labels as (M,) node
+    indices and no (M, N) arrays, the (N, N) ancestor matrix is never built, a level over the confusion cap gets
+    no PNG, and ``per_class.csv``'s support and accuracy are the hand counts."""
+    import numpy as np
+
+    from hrn.metrics import outputs as written_files
+
+    h = tree
+    m = HierarchicalMetrics(h, ap_max_nodes=h.num_nodes - 1)
+    targets = torch.tensor([h.index(n) for n in ("d", "e", "z", "b")])
+    sig, leaf = outputs(
+        h, [("a", "b", "d", "d"), ("a", "b", "d", "d"), ("x", "y", "z", "z"), ("a", "c", "f", "f")]
+    )
+    m.update(sig, leaf, TreeLoss(h).marginals(torch.cat(sig, 1)), targets, index=torch.arange(4))
+    m.compute()
+    written_files.write_predictions(tmp_path / "p.npz", m.records, h, ["i0", "i1", "i2", "i3"])
+    saved = np.load(tmp_path / "p.npz")
+    assert saved["target"].tolist() == targets.tolist()
+    assert saved["targets"].shape == saved["scores"].shape == (4, 0)
+    rows = {r["node"]: r for r in written_files.per_class_rows(m.records, h)}
+    # b: the labels d, e and b imply it, the level-2 head said b, b, c: 2 of 3; d: one sample, right; f: none
+    assert (rows["b"]["support"], rows["b"]["accuracy"]) == (3, pytest.approx(2 / 3))
+    assert (rows["d"]["support"], rows["d"]["accuracy"], rows["e"]["accuracy"]) == (1, 1.0, 0.0)
+    assert rows["f"]["support"] == 0 and rows["f"]["accuracy"] != rows["f"]["accuracy"]  # nan
+    assert [r["node"] for r in written_files.per_class_rows(m.records, h)] == h.names
+    monkeypatch.setattr(
+        written_files, "CONFUSION_MAX_CLASSES", 3
+    )  # levels of 2, 3, 4 classes: the last is over it
+    written = written_files.write_confusions(tmp_path, m.records, h)
+    assert [p.name for p in written] == ["confusion_l1.png", "confusion_l2.png"]
+    assert not (tmp_path / "confusion_l3.png").exists() and "ancestors" not in h.__dict__

@@ -16,6 +16,7 @@ from hrn.tree import Hierarchy
 from hrn.tree.probabilities import confident_prediction
 
 __all__ = [
+    "CONFUSION_MAX_CLASSES",
     "confusion_figure",
     "confusion_matrix",
     "THRESHOLDS",
@@ -40,15 +41,21 @@ def level_table(metrics: dict[str, float], level_sizes: list[int], stage: str = 
 
 
 def write_predictions(path: Path, records: SampleRecords, h: Hierarchy, paths: list[str]) -> None:
-    """``predictions.npz``: ``scores`` (M, N) as used for ``ap_micro``, ``targets`` (M, N) multi-hot (label and
-    ancestors), ``preds`` (M, L) per-level predictions, ``node`` (M,) int64 the node predicted at the threshold
-    (-1 for none), ``path`` (M, L) and ``path_probs`` (M, L) the top-down path of the marginals and its
-    marginals, ``paths`` (M,) the image files."""
+    """``predictions.npz``: ``target`` (M,) int64 the label's node, ``scores`` (M, N) as used for ``ap_micro`` and
+    ``targets`` (M, N) multi-hot (label and ancestors), both (M, 0) when AP was not computed (a tree over
+    ``ap_max_nodes``: M x N would not fit), ``preds`` (M, L) per-level predictions, ``node`` (M,) int64 the node
+    predicted at the threshold (-1 for none), ``path`` (M, L) and ``path_probs`` (M, L) the top-down path of the
+    marginals and its marginals, ``paths`` (M,) the image files."""
+    target = records.target.cpu()
+    with_ap = records.scores.shape[1] > 0
+    # the (N, N) ancestor matrix only where AP needed it anyway
+    multi_hot = h.ancestors[target] if with_ap else torch.zeros(len(target), 0, dtype=torch.bool)
     buf = io.BytesIO()
     np.savez_compressed(
         buf,
+        target=target.numpy().astype(np.int64),
         scores=records.scores.cpu().numpy(),
-        targets=h.ancestors[records.target.cpu()].numpy().astype(np.uint8),
+        targets=multi_hot.numpy().astype(np.uint8),
         preds=records.preds.cpu().numpy(),
         node=records.node.cpu().numpy().astype(np.int64),
         path=records.path.cpu().numpy(),
@@ -63,13 +70,20 @@ def per_class_rows(records: SampleRecords, h: Hierarchy) -> list[dict]:
     truth = h.ancestor_at_level[:, records.target.cpu()].T  # (M, L)
     preds = records.preds.cpu()
     rows = []
-    for v, name in enumerate(h.names):
-        lvl = h.level_of(v)
-        local = v - h.offsets[lvl - 1]
-        mask = truth[:, lvl - 1] == local
-        support = int(mask.sum())
-        acc = float((preds[mask, lvl - 1] == local).float().mean()) if support else float("nan")
-        rows.append({"node": name, "level": lvl, "support": support, "accuracy": acc})
+    for lvl, n in enumerate(h.level_sizes):  # counted per level (two bincounts), not per node: O(M + N)
+        known = truth[:, lvl] >= 0
+        support = torch.bincount(truth[known, lvl], minlength=n)
+        correct = torch.bincount(truth[known & (preds[:, lvl] == truth[:, lvl]), lvl], minlength=n)
+        accuracy = correct.double() / support.double()  # nan where a class has no support
+        for local in range(n):
+            rows.append(
+                {
+                    "node": h.names[h.offsets[lvl] + local],
+                    "level": lvl + 1,
+                    "support": int(support[local]),
+                    "accuracy": float(accuracy[local]),
+                }
+            )
     return rows
 
 
@@ -117,10 +131,17 @@ def confusion_figure(matrix: torch.Tensor, names: list[str], level: int):
     return fig
 
 
+CONFUSION_MAX_CLASSES = 2_000
+"""Levels with more classes get no ``confusion_l{l}.png``: an (n, n) matrix too big to hold or to read."""
+
+
 def write_confusions(run_dir: Path, records: SampleRecords, h: Hierarchy) -> list[Path]:
-    """``confusion_l{l}.png``, a confusion matrix per level, written atomically."""
+    """``confusion_l{l}.png``, a confusion matrix per level of at most :data:`CONFUSION_MAX_CLASSES` classes,
+    written atomically; returns the files written."""
     out = []
     for lvl in range(1, h.num_levels + 1):
+        if h.level_sizes[lvl - 1] > CONFUSION_MAX_CLASSES:
+            continue
         fig = confusion_figure(confusion_matrix(records, h, lvl), h.levels[lvl - 1], lvl)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
