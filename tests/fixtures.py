@@ -540,3 +540,44 @@ def run_command(verb: str, *args: str, cwd: Path | None = None) -> Ran:
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return Ran(code, out.getvalue(), err.getvalue())
+
+
+class RecordWeights(L.Callback):
+    """A Lightning callback that writes, when training ends, the SHA-256 of the network's parameters (in
+    ``state_dict`` order, as bytes) to ``<folder>/weights-rank<r>.txt``: whether the DDP processes agree on the
+    weights. Added through the config: ``+callbacks.weights._target_=tests.fixtures.RecordWeights
+    +callbacks.weights.folder=DIR``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_end(self, trainer, module) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"weights-rank{trainer.global_rank}.txt").write_text(weights_digest(module.net))
+
+
+def weights_digest(net: torch.nn.Module) -> str:
+    """SHA-256 of a network's parameters (not its buffers: BatchNorm statistics are each process's own under DDP
+    without SyncBatchNorm), in ``named_parameters`` order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, p in net.named_parameters():
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class KillAt(L.Callback):
+    """A Lightning callback that SIGKILLs its own process as training batch ``step`` (0-based, counted over the
+    run) starts: a crash at a known point, with no race against a timer. Added through the config:
+    ``+callbacks.kill._target_=tests.fixtures.KillAt +callbacks.kill.step=N``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

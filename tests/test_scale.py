@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -165,11 +166,25 @@ def test_bench_quick_writes_json(tmp_path, capsys):
         result["train_step"]["ratio_median"] > 0
     )  # how much slower than a plain ResNet: a figure, not a test
     data = result["data"]
-    assert {(r["path"], r["workers"]) for r in data["loaders"]} == {
-        (path, w) for path in ("pil", "cache", "shards", "pil_float") for w in (0, 2)
+    assert {(r["path"], r["crop"], r["workers"]) for r in data["loaders"]} == {
+        (path, 224, w) for path in ("pil", "cache", "shards", "streamed", "pil_float") for w in (0, 2)
     }
-    assert set(data["shards_vs_cache"]) == {"0", "2"} and data["shard_write_s"] > 0
-    assert all(r["images_per_s"] > 0 for r in data["loaders"]) and set(data["cache_speedup"]) == {"0", "2"}
+    assert set(data["shards_vs_cache"]) == set(data["streamed_vs_cache"]) == {"224/0", "224/2"}
+    assert data["shard_write_s"]["224"] > 0
+    assert all(r["images_per_s"] > 0 for r in data["loaders"]) and set(data["cache_speedup"]) == {
+        "224/0",
+        "224/2",
+    }
+    scale = data["scale"]  # the shard sets as they grow, each epoch in a process of its own
+    assert scale["tree"] == {"levels": [5, 20, 100, 500, 1500, 4000, 10000], "nodes": 16_125}
+    assert [(r["images"], r["read"]) for r in scale["memory"]] == [
+        (n, read) for n in (500, 2_000) for read in ("by index", "streamed")
+    ]
+    assert all(
+        r["write_s"] > 0 and r["images_per_s"] > 0 and r["peak_growth_mb"] > 0 for r in scale["memory"]
+    )
+    assert set(scale["anon_mb_per_100k_images"]) == {"by index", "streamed"}
+    assert scale["train_step"]["trees"]["wide"]["nodes"] == 16_125 and scale["train_step"]["wide_vs_cub"] > 0
     assert data["transform_images_per_s"] > 0
     small = result["small_images"]
     # .ci/run installs the files; elsewhere the bench says they are absent and this is not run
@@ -187,6 +202,7 @@ def test_bench_quick_writes_json(tmp_path, capsys):
     assert stems["slowdown"]["standard"] == 1 and stems["slowdown"]["small, stride 1"] > 0
     out = capsys.readouterr().out
     assert "timm:vit_tiny_patch16_224 at 64 px" in out and "small, stride 2" in out
+    assert "shards / cache: " in out and "2,000 images streamed: written in" in out
 
 
 def test_bench_only_runs_the_parts_named(tmp_path, capsys):
@@ -293,4 +309,91 @@ def test_ddp_cpu_trains_and_reports_the_single_process_metrics(tmp_path):
         "mistake_severity",
         "acc_l3_marginal",
     ):
+        assert ddp[f"test/{key}"] == pytest.approx(one[f"test/{key}"], abs=1e-6), key
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_train_on_shards_agree_on_the_weights_and_count_each_test_image_once(tmp_path):
+    """Multi-node as a cluster runs it, on this machine: two "nodes" of one process each, started apart with the
+    variables a launcher sets (``NODE_RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` 127.0.0.1, ``MASTER_PORT``) and
+    ``trainer.num_nodes=2``, train over gloo on shards of the folder dataset, each in a run folder of its own. The
+    two end with the same weights; the ranks never share a training image; the 5-image test split (padded to 6 by
+    the DistributedSampler) counts 5, and the metrics equal a single-process evaluation of node 0's checkpoint."""
+    root = fixtures.write_folder(tmp_path / "data")
+    shards = tmp_path / "shards"
+    written = fixtures.run_command(
+        "shard", "dataset=folder", f"dataset.root={root}", "dataset.resize=36", "dataset.crop=32", "dataset.num_workers=0",
+        f"dataset.cache_dir={tmp_path / 'cache'}", f"out={shards}", cwd=tmp_path,
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr[-2000:]
+    assert json.loads(written.stdout.strip().splitlines()[-1])["splits"]["test"] == 5
+    port, logs = _free_port(), tmp_path / "logs"
+    procs = []
+    for node in (0, 1):
+        env = {
+            **os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(fixtures.ROOT), *sys.path[1:]]),
+            "NODE_RANK": str(node), "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+        }  # fmt: skip
+        args = [
+            "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2", "trainer.max_epochs=2",
+            "dataset=shards", f"dataset.root={shards}", "dataset.batch_size=3", "model.trunk=resnet18",
+            "model.pretrained=false", "model.width=16", "model.dim=8", "callbacks.progress_bar.refresh_rate=0",
+            "+callbacks.order._target_=tests.fixtures.RecordOrder", f"+callbacks.order.folder={logs}",
+            "+callbacks.weights._target_=tests.fixtures.RecordWeights", f"+callbacks.weights.folder={logs}",
+            f"hydra.run.dir={tmp_path / f'node{node}'}",
+        ]  # fmt: skip
+        # stderr to a file, not a pipe: a pipe nobody reads until the end can fill and stall the run
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "hrn.train", *args],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=(tmp_path / f"node{node}.err").open("w"),
+            )  # fmt: skip
+        )
+    try:  # a node that fails leaves the other waiting for it: stop that one too
+        deadline = time.time() + 600
+        while any(p.poll() is None for p in procs) and time.time() < deadline:
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for node, proc in enumerate(procs):
+        proc.wait()
+        assert proc.returncode == 0, f"node {node}: {(tmp_path / f'node{node}.err').read_text()[-3000:]}"
+    digests = {(logs / f"weights-rank{r}.txt").read_text() for r in (0, 1)}
+    assert len(digests) == 1, "the nodes ended with different weights"
+    for epoch in (0, 1):  # 12 training images, 6 a node, in batches of 3: each node its own half
+        seen = [
+            [i for line in (logs / f"order-rank{r}.jsonl").read_text().splitlines()
+             if (rec := json.loads(line))["epoch"] == epoch for i in rec["index"]]
+            for r in (0, 1)
+        ]  # fmt: skip
+        assert len(seen[0]) == len(seen[1]) == 6 and not set(seen[0]) & set(seen[1])
+    ddp = json.loads((tmp_path / "node0" / "metrics.json").read_text())
+    assert ddp["test/num_samples"] == 5 and not (tmp_path / "node1" / "metrics.json").exists()
+    from hrn.checkpoints import load_checkpoint
+
+    last = load_checkpoint(tmp_path / "node0" / "checkpoints" / "last.ckpt")
+    assert fixtures.weights_digest(last.net) in digests  # node 0 saved the weights both hold
+    best = next((tmp_path / "node0" / "checkpoints").glob("best-*.ckpt"))  # what train's test/ numbers are of
+    single = fixtures.run_command(
+        "evaluate", f"ckpt_path={best}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert one["test/num_samples"] == 5
+    for key in ("acc_l1", "acc_l2", "acc_l3", "ap_micro", "full_path_acc", "consistency", "h_f1"):
         assert ddp[f"test/{key}"] == pytest.approx(one[f"test/{key}"], abs=1e-6), key
