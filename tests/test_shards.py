@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from litdata import StreamingDataset
@@ -131,3 +132,41 @@ def test_a_dataset_that_validates_on_test_is_written_once_and_read_back_so(tmp_p
     assert not (tmp_path / "out" / "val").exists() and (tmp_path / "out" / "test").is_dir()
     again = read_shards(str(tmp_path / "out"))
     assert again.val is again.test and len(again.test) == 36
+
+
+def test_a_streamed_run_killed_mid_epoch_resumes_where_it_stopped(shards, tmp_path):
+    """dataset.stream=true: litdata's StreamingDataLoader shuffles and drops the tail; its place in the epoch goes
+    into every checkpoint. A run SIGKILLed in the middle of its second epoch (at a step of its own choosing, in a
+    process of its own), then resumed from its last checkpoint, ends with the metrics of an unbroken run, bit for
+    bit: the loader went on from the sample it had reached, with the same crops, labels and order."""
+    import os
+    import subprocess
+    import sys
+
+    from tests import fixtures
+
+    run = [
+        "dataset=shards", f"dataset.root={shards}", "dataset.stream=true", "dataset.batch_size=8",
+        *SAME_MODEL[:6], "trainer.max_epochs=2", "trainer.deterministic=true", "relabel_ratio=0.5", "seed=3",
+        "callbacks.progress_bar.refresh_rate=0", "callbacks.model_checkpoint.monitor=null",
+        "+callbacks.model_checkpoint.every_n_train_steps=1",  # a checkpoint after every step: mid-epoch ones
+    ]  # fmt: skip
+    unbroken = run_command("train", *run, f"hydra.run.dir={tmp_path / 'unbroken'}", cwd=tmp_path)
+    assert unbroken.returncode == 0, unbroken.stderr[-2000:]
+    steps = json.loads((tmp_path / "unbroken" / "metrics.json").read_text())
+    broken = tmp_path / "broken"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fixtures.ROOT), *sys.path[1:]])}
+    # 48 images, batch 8: 6 steps an epoch, so step 9 is the second epoch's fourth
+    killed = subprocess.run(
+        [sys.executable, "-m", "hrn.train", *run, f"hydra.run.dir={broken}",
+         "+callbacks.kill._target_=tests.fixtures.KillAt", "+callbacks.kill.step=9"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (broken / "metrics.json").exists()
+    state = torch.load(broken / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    loader = state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert (state["epoch"], state["global_step"], loader["num_samples_yielded"]) == (1, 9, 24)  # mid-epoch
+    resumed = run_command("train", *run, f"hydra.run.dir={broken}", "ckpt_path=last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((broken / "metrics.json").read_text()) == steps
