@@ -10,7 +10,9 @@
 2. Train step (forward + backward + SGD step) of HRN against a plain torchvision ResNet-50 classifier on the same
    batch: the median ratio over paired runs, and images/s of each; the same for a timm ConvNet and a timm ViT as
    the trunk (``train_step_timm``), and the Fashion-MNIST recipe's step with each stem (``stems``).
-3. Data pipeline: images/s of the training loader on image files and on Fashion-MNIST.
+3. Data pipeline: images/s of the training loader on image files (decoded, cached, as shards; 224 and 448 px)
+   and on Fashion-MNIST; the memory of a shard set streamed as it grows to 100,000 images and the train step at
+   10,000 leaves (7 levels), :mod:`hrn.benchmarks.scale`.
 
 Every figure comes with the machine (CPU model and cores, or GPU name) and the settings.
 """
@@ -30,6 +32,7 @@ from hydra import compose, initialize_config_dir
 
 from hrn.atomic import write_json
 from hrn.benchmarks.data import bench_data, bench_small_images, write_image_folder
+from hrn.benchmarks.scale import bench_scale
 from hrn.benchmarks.tables import data_table, e2e_table, small_table, table
 from hrn.benchmarks.timing import interleaved, machine
 from hrn.benchmarks.train_step import bench_stems, bench_timm_train_steps, bench_train_step
@@ -218,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
         lines.append(table(result))
         if "data" in only:
             result["data"] = bench_data(args.quick, device, args.workers)
+            result["data"]["scale"] = bench_scale(args.quick, device)
             lines.append(data_table(result["data"]))
         if "small_images" in only:
             result["small_images"] = bench_small_images(args.quick)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from hrn.benchmarks.timing import measure
-from hrn.data.augment import normalize, reference_train_transform
+from hrn.data.augment import default_padding, normalize, reference_train_transform
 from hrn.data.base import DataError
 from hrn.data.files import ImageFiles
 
@@ -91,58 +91,65 @@ def bench_data(quick: bool, device: torch.device, workers: int | None = None) ->
     count = 32 if quick else 480
     workers = workers if workers is not None else (2 if quick else min(8, max(1, (os.cpu_count() or 2) - 1)))
     epochs = 1 if quick else 2
+    sizes = ((256, 224),) if quick else ((256, 224), (550, 448))  # (resize, crop): 224 px and the paper's 448
     rows = []
-    shard_write_s = None
+    shard_write_s = {}
     with tempfile.TemporaryDirectory() as tmp:
         try:
             from hrn.data.shards import shards, write_shards  # needs litdata, the scale extra
-
-            shard_set: Path | None = Path(tmp) / "shards"
         except ImportError:
-            shard_set = None
+            shards = None
         root = write_image_folder(Path(tmp) / "folder", count, 8, classes=8)
-        for w in sorted({0, workers}):
-            for cache in (False, True):
-                data = folder(
-                    str(root), batch_size=32, num_workers=w, resize=550, crop=448, cache=cache,
-                    cache_dir=str(Path(tmp) / "cache"), val_fraction=0,
-                )  # fmt: skip
-                start = time.perf_counter()
-                data.train.prepare()  # the cache's one-off build, timed apart
-                row = {"path": "cache" if cache else "pil", "workers": w}
-                row["images_per_s"] = loader_rate(data.loader("train"), epochs)
-                if cache:
-                    row["build_s"] = time.perf_counter() - start
-                rows.append(row)
-            if shard_set is not None:  # the same images as LitData shards (written once, from the cache)
-                if not shard_set.exists():
+        for resize, crop in sizes:
+            shard_set = Path(tmp) / f"shards-{crop}"
+            for w in sorted({0, workers}):
+                for cache in (False, True):
+                    data = folder(
+                        str(root), batch_size=32, num_workers=w, resize=resize, crop=crop, cache=cache,
+                        cache_dir=str(Path(tmp) / "cache"), val_fraction=0,
+                    )  # fmt: skip
                     start = time.perf_counter()
-                    write_shards(data, shard_set, {"bench": "folder"})
-                    shard_write_s = time.perf_counter() - start
-                streamed = shards(str(shard_set), batch_size=32, num_workers=w)
-                rows.append(
-                    {
-                        "path": "shards",
-                        "workers": w,
-                        "images_per_s": loader_rate(streamed.loader("train"), epochs),
-                    }
-                )
-            previous = DataLoader(
-                _PerImageFloat(data.train), batch_size=32, num_workers=w, persistent_workers=w > 0,
-                sampler=EpochShuffleSampler(len(data.train)),
-            )  # fmt: skip
-            rows.append({"path": "pil_float", "workers": w, "images_per_s": loader_rate(previous, epochs)})
+                    data.train.prepare()  # the cache's one-off build, timed apart
+                    row = {"path": "cache" if cache else "pil", "crop": crop, "workers": w}
+                    row["images_per_s"] = loader_rate(data.loader("train"), epochs)
+                    if cache:
+                        row["build_s"] = time.perf_counter() - start
+                    rows.append(row)
+                if shards is not None:  # the same images as LitData shards (written once, from the cache)
+                    if not shard_set.exists():
+                        start = time.perf_counter()
+                        write_shards(data, shard_set, {"bench": "folder", "resize": resize})
+                        shard_write_s[str(crop)] = time.perf_counter() - start
+                    for path, stream in (("shards", False), ("streamed", True)):  # by index; litdata's loader
+                        read = shards(str(shard_set), batch_size=32, num_workers=w, stream=stream)
+                        rate = loader_rate(read.loader("train"), epochs)
+                        rows.append({"path": path, "crop": crop, "workers": w, "images_per_s": rate})
+                if crop == sizes[-1][1]:  # the release-0.1 pipeline, at the paper's size only
+                    previous = DataLoader(
+                        _PerImageFloat(data.train), batch_size=32, num_workers=w, persistent_workers=w > 0,
+                        sampler=EpochShuffleSampler(len(data.train)),
+                    )  # fmt: skip
+                    rate = loader_rate(previous, epochs)
+                    rows.append({"path": "pil_float", "crop": crop, "workers": w, "images_per_s": rate})
         images = next(iter(data.loader("train"))).images.to(device)
         seconds = measure(lambda: normalize(images), min_run_time=0.02 if quick else 0.2).median
-    by = {(r["path"], r["workers"]): r["images_per_s"] for r in rows}
+    by = {(r["path"], r["crop"], r["workers"]): r["images_per_s"] for r in rows}
+    keys = [(crop, w) for _, crop in sizes for w in sorted({0, workers})]
     return {
         "images": count,
         "source": "500x375 JPEG",
-        "sizes": "Resize 550 -> RandomCrop 448 pad 8 -> flip -> Normalize, batch 32",
+        "sizes": " and ".join(f"Resize {r} -> RandomCrop {c} pad {default_padding(c)}" for r, c in sizes)
+        + " -> flip -> Normalize, batch 32",
+        "workers": sorted({0, workers}),
         "loaders": rows,
-        "cache_speedup": {str(w): by[("cache", w)] / by[("pil", w)] for w in sorted({0, workers})},
+        "cache_speedup": {f"{c}/{w}": by[("cache", c, w)] / by[("pil", c, w)] for c, w in keys},
         "shards_vs_cache": {
-            str(w): by[("shards", w)] / by[("cache", w)] for w in sorted({0, workers}) if ("shards", w) in by
+            f"{c}/{w}": by[("shards", c, w)] / by[("cache", c, w)] for c, w in keys if ("shards", c, w) in by
+        },
+        "streamed_vs_cache": {
+            f"{c}/{w}": by[("streamed", c, w)] / by[("cache", c, w)]
+            for c, w in keys
+            if ("streamed", c, w) in by
         },
         "shard_write_s": shard_write_s,
         "transform_device": str(device),

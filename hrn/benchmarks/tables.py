@@ -68,16 +68,46 @@ def data_table(d: dict) -> str:
     out = [f"training loader, {d['images']} {d['source']} ({d['sizes']}): images/s"]
     for r in d["loaders"]:
         build = f"  (cache built in {r['build_s']:.1f} s)" if "build_s" in r else ""
-        out.append(f"  {r['path']:<6} {r['workers']} workers {r['images_per_s']:10.1f}{build}")
+        out.append(f"  {r['path']:<9} {r['crop']} px {r['workers']} workers {r['images_per_s']:10.1f}{build}")
+    at = "{} workers at {} px".format
     out.append(
-        "  cache / pil: " + ", ".join(f"{x:.1f}x at {w} workers" for w, x in d["cache_speedup"].items())
+        "  cache / pil: "
+        + ", ".join(f"{x:.1f}x {at(*reversed(k.split('/')))}" for k, x in d["cache_speedup"].items())
     )
     if d.get("shards_vs_cache"):
+        written = ", ".join(f"{s:.1f} s at {c} px" for c, s in d["shard_write_s"].items())
         out.append(
             "  shards / cache: "
-            + ", ".join(f"{x:.2f}x at {w} workers" for w, x in d["shards_vs_cache"].items())
-            + f" (shards written in {d['shard_write_s']:.1f} s)"
+            + ", ".join(f"{x:.2f}x {at(*reversed(k.split('/')))}" for k, x in d["shards_vs_cache"].items())
+            + f" (shards written in {written})"
         )
+        out.append(
+            "  streamed / cache: "
+            + ", ".join(f"{x:.2f}x {at(*reversed(k.split('/')))}" for k, x in d["streamed_vs_cache"].items())
+        )
+    if "scale" in d:
+        out.append(scale_table(d["scale"]))
+    return "\n".join(out)
+
+
+def scale_table(d: dict) -> str:
+    t, step = d["tree"], d["train_step"]
+    out = [f"shards at scale: a {len(t['levels'])}-level tree of {t['nodes']:,} nodes, {d['image']}"]
+    for r in d["memory"]:
+        out.append(
+            f"  {r['images']:>7,} images {r['read']:<8}: written in {r['write_s']:.1f} s, epoch "
+            f"{r['images_per_s']:8.0f} img/s, peak +{r['peak_growth_mb']:.0f} MB over {r['rss_after_imports_mb']:.0f} "
+            f"MB after imports; at the end heap +{r['anon_growth_mb']:.0f} MB, mapped chunks +{r['file_growth_mb']:.0f} MB"
+        )
+    out.append(
+        "  heap per 100,000 more images: "
+        + ", ".join(f"{k} {v:.0f} MB" for k, v in d["anon_mb_per_100k_images"].items())
+    )
+    out.append(
+        f"  train step, {step['trunk']} at {step['input']} px, batch {step['batch']}: "
+        + ", ".join(f"{k} tree {v:.1f} img/s" for k, v in step["images_per_s"].items())
+        + f" ({step['wide_vs_cub']:.2f}x the CUB tree's time)"
+    )
     return "\n".join(out)
 
 
