@@ -324,7 +324,8 @@ def _free_port() -> int:
 def test_two_nodes_train_on_shards_agree_on_the_weights_and_count_each_test_image_once(tmp_path):
     """Multi-node as a cluster runs it, on this machine: two "nodes" of one process each, started apart with the
     variables a launcher sets (``NODE_RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` 127.0.0.1, ``MASTER_PORT``) and
-    ``trainer.num_nodes=2``, train over gloo on shards of the folder dataset, each in a run folder of its own. The
+    ``trainer.num_nodes=2``, train over gloo on shards of the folder dataset streamed by litdata's loader (which
+    splits them by rank: the ranks are read once the process group exists), each in a run folder of its own. The
     two end with the same weights; the ranks never share a training image; the 5-image test split (padded to 6 by
     the DistributedSampler) counts 5, and the metrics equal a single-process evaluation of node 0's checkpoint."""
     root = fixtures.write_folder(tmp_path / "data")
@@ -344,7 +345,7 @@ def test_two_nodes_train_on_shards_agree_on_the_weights_and_count_each_test_imag
         }  # fmt: skip
         args = [
             "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2", "trainer.max_epochs=2",
-            "dataset=shards", f"dataset.root={shards}", "dataset.batch_size=3", "model.trunk=resnet18",
+            "dataset=shards", f"dataset.root={shards}", "dataset.stream=true", "dataset.batch_size=3", "model.trunk=resnet18",
             "model.pretrained=false", "model.width=16", "model.dim=8", "callbacks.progress_bar.refresh_rate=0",
             "+callbacks.order._target_=tests.fixtures.RecordOrder", f"+callbacks.order.folder={logs}",
             "+callbacks.weights._target_=tests.fixtures.RecordWeights", f"+callbacks.weights.folder={logs}",

@@ -50,9 +50,9 @@ class StreamedImages(StreamingDataset):
         self._rank_now()
         super().set_epoch(current_epoch)
 
-    def __len__(self) -> int:
+    def get_len(self, num_workers: int, batch_size: int) -> int:  # what StreamingDataLoader's len() asks
         self._rank_now()
-        return super().__len__()
+        return super().get_len(num_workers, batch_size)
 
     def __getitem__(self, index: Any) -> Batch:
         """One sample: uint8 image (3, crop, crop), target and index, as :class:`LabelledImages` gives it."""
