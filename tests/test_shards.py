@@ -91,10 +91,14 @@ def test_an_interrupted_write_never_reads_as_complete(tmp_path):
     assert not list((tmp_path / "out").glob(".*.partial"))
 
 
-def test_a_broken_manifest_is_one_line(tmp_path):
+def test_a_broken_manifest_or_an_object_store_url_is_one_line(tmp_path):
+    from hrn.data.shards import shards as read_shards
+
     (tmp_path / MANIFEST).write_text("{half")
     with pytest.raises(DataError, match=rf"{MANIFEST}: not a readable shard manifest"):
         read_manifest(tmp_path)
+    with pytest.raises(DataError, match=r"dataset.root=s3://bucket/set: .* object storage is not supported yet"):
+        read_shards("s3://bucket/set")
 
 
 SAME_MODEL = [  # what conf/dataset/synthetic.yaml picks, given to the shards run by hand

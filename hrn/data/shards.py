@@ -165,6 +165,11 @@ def shards(
     images read by index from litdata's shards, and the same samplers, crops and protocols as every other dataset,
     so a run on shards equals the run on the dataset they were written from, bit for bit (relabelling included).
     ``stream``: the training loader streams instead, through litdata's own loader (:mod:`hrn.data.streaming`)."""
+    if "://" in str(root):  # the manifest and label files are read as files: no object-store client here
+        raise DataError(
+            f"dataset.root={root}: shard sets are read from a local or shared file system; object storage is not "
+            "supported yet: copy the set to a shared file system or mount the bucket"
+        )
     manifest = read_manifest(root)
     if manifest is None:
         raise DataError(
