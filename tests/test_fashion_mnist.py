@@ -279,9 +279,11 @@ def test_cli_bad_root_is_one_line(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL_FILES, reason=f"the real Fashion-MNIST files are absent from {DEBIAN_ROOT}")
-def test_short_epoch_on_the_real_files_beats_chance(tmp_path):
-    """One short epoch on a per-class subset of the real files, then `hrn.evaluate` on its checkpoint: every level
-    above chance, and the class names (one with a slash) in the per-class table."""
+def test_two_short_epochs_on_the_real_files_beat_chance(tmp_path):
+    """Two short epochs on a per-class subset of the real files, then `hrn.evaluate` on its checkpoint: every level
+    well above chance, and the class names (one with a slash) in the per-class table. (One epoch left the level-1
+    head at the majority rate, 0.605 against the bar of 0.75, in one run of the suite of four: 0.775 in another;
+    two give 0.96 with one thread or two.)"""
     cfg = make_cfg(
         tmp_path / "train",
         "dataset.train_per_class=100",  # 900 training images after the 10 % validation share
@@ -291,7 +293,7 @@ def test_short_epoch_on_the_real_files_beats_chance(tmp_path):
         "dataset.crop=32",
         "model.width=64",
         "model.dim=64",
-        "trainer.max_epochs=1",
+        "trainer.max_epochs=2",
     )
     metrics = train(cfg)
     print({k: round(v, 3) for k, v in metrics.items()})
