@@ -97,7 +97,9 @@ def test_a_broken_manifest_or_an_object_store_url_is_one_line(tmp_path):
     (tmp_path / MANIFEST).write_text("{half")
     with pytest.raises(DataError, match=rf"{MANIFEST}: not a readable shard manifest"):
         read_manifest(tmp_path)
-    with pytest.raises(DataError, match=r"dataset.root=s3://bucket/set: .* object storage is not supported yet"):
+    with pytest.raises(
+        DataError, match=r"dataset.root=s3://bucket/set: .* object storage is not supported yet"
+    ):
         read_shards("s3://bucket/set")
 
 
