@@ -91,16 +91,45 @@ def test_an_interrupted_write_never_reads_as_complete(tmp_path):
     assert not list((tmp_path / "out").glob(".*.partial"))
 
 
-def test_a_broken_manifest_or_an_object_store_url_is_one_line(tmp_path):
+def test_a_broken_manifest_is_one_line(tmp_path):
     from hrn.data.shards import shards as read_shards
 
     (tmp_path / MANIFEST).write_text("{half")
     with pytest.raises(DataError, match=rf"{MANIFEST}: not a readable shard manifest"):
         read_manifest(tmp_path)
     with pytest.raises(
-        DataError, match=r"dataset.root=s3://bucket/set: .* object storage is not supported yet"
+        DataError, match=rf"dataset.root={tmp_path}: {MANIFEST} is not a readable shard manifest"
     ):
-        read_shards("s3://bucket/set")
+        read_shards(str(tmp_path))
+
+
+def test_a_shard_set_behind_a_url_reads_as_its_folder(shards, tmp_path):
+    """dataset.root as a URL: the manifest, labels and ids come through litdata's own downloader for the scheme and
+    the chunks through StreamingDataset, kept under dataset.cache_dir. ``local:`` is litdata's scheme for a folder
+    served as if it were remote (no object store is reachable here): the same labels, ids and pixels as the folder,
+    by index and streamed; a URL with no set behind it is the usual one line."""
+    from hrn.data.shards import shards as read_shards
+
+    folder = read_shards(str(shards), batch_size=8)
+    url = read_shards(f"local:{shards}", batch_size=8, cache_dir=str(tmp_path / "chunks"))
+    for split in SPLITS:
+        a, b = getattr(folder, split), getattr(url, split)
+        assert (a.targets, a.paths) == (b.targets, b.paths) and b.source.folder == f"local:{shards}/{split}"
+        for i in (0, len(a) - 1):
+            assert torch.equal(a[i].images, b[i].images)
+    assert list((tmp_path / "chunks" / "train").rglob("*.bin")), (
+        "litdata kept no chunk under dataset.cache_dir"
+    )
+    streamed = read_shards(f"local:{shards}", batch_size=8, stream=True, cache_dir=str(tmp_path / "chunks"))
+    indices = [i for batch in streamed.loader("train") for i in batch.index.tolist()]
+    assert sorted(indices) == list(range(48))  # 48 = 6 batches of 8: the whole split, each image once
+    with pytest.raises(DataError, match=rf"dataset.root=local:{tmp_path}/none: no complete shard set"):
+        read_shards(f"local:{tmp_path}/none")
+    with pytest.raises(
+        DataError, match=r"out=s3://bucket/set: shards are written to a local or shared folder"
+    ):
+        write_shards(folder, "s3://bucket/set", {})
+    assert not Path("s3:").exists()
 
 
 SAME_MODEL = [  # what conf/dataset/synthetic.yaml picks, given to the shards run by hand

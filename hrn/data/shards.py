@@ -20,6 +20,8 @@ object stores it supports); nothing here shards by hand.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import multiprocessing
 import shutil
@@ -35,7 +37,16 @@ from hrn.data.augment import Augment, downsample, resize_image
 from hrn.data.base import DataError, DataSplits, ImageSource, LabelledImages
 from hrn.tree import Hierarchy
 
-__all__ = ["MANIFEST", "SPLITS", "ShardImages", "read_manifest", "shards", "write_shards"]
+__all__ = [
+    "MANIFEST",
+    "REMOTE_PREFIXES",
+    "SPLITS",
+    "ShardImages",
+    "is_remote",
+    "read_manifest",
+    "shards",
+    "write_shards",
+]
 
 MANIFEST = "hrn.json"
 # fork where there is one: the writers inherit the loaded dataset, where spawning would import torch afresh in each
@@ -81,6 +92,10 @@ def write_shards(
     the same settings is left as it is (returned at once), one written from other settings is an error. Each split
     is written to a temporary folder beside its final one and renamed once litdata has finished it; the manifest is
     written last, atomically, so an interrupted write never reads as complete."""
+    if is_remote(str(out)):  # Path() would make a local folder named "s3:" out of the URL
+        raise DataError(
+            f"out={out}: shards are written to a local or shared folder; copy that folder to object storage after"
+        )
     if optimize is None:
         from litdata import optimize  # the `scale` extra: imported only where shards are written
     out = Path(out)
@@ -135,8 +150,8 @@ class ShardImages(ImageSource):
     each loader worker opens its own). ``scale`` below 1 (the degrade protocol) downsamples the stored, already
     resized image, where the file datasets downsample the original."""
 
-    def __init__(self, folder: str, size: int, length: int) -> None:
-        self.folder, self.size, self.length = folder, size, length
+    def __init__(self, folder: str, size: int, length: int, cache_dir: str | None = None) -> None:
+        self.folder, self.size, self.length, self.cache_dir = folder, size, length, cache_dir
         self._stream = None
 
     def __len__(self) -> int:
@@ -148,7 +163,7 @@ class ShardImages(ImageSource):
 
             # decode the asked-for sample alone: litdata's default decodes a window of its neighbours with it,
             # which reading by index in a shuffled order throws away (174 against 15,000 images/s, 550 px)
-            self._stream = StreamingDataset(self.folder, batch_decode=0)
+            self._stream = StreamingDataset(self.folder, cache_dir=self.cache_dir, batch_decode=0)
         image = torch.from_numpy(self._stream[i]["image"])
         return resize_image(downsample(image, scale), self.size) if scale < 1.0 else image
 
@@ -156,25 +171,65 @@ class ShardImages(ImageSource):
         return {**self.__dict__, "_stream": None}
 
 
+REMOTE_PREFIXES = ("s3://", "gs://", "azure://", "hf://", "r2://", "local:")
+"""The URL schemes litdata's downloaders serve (``local:`` copies a local folder as if it were remote: its tests')."""
+
+
+def is_remote(root: str) -> bool:
+    return str(root).startswith(REMOTE_PREFIXES) or "://" in str(root)
+
+
+def _fetch(root: str, names: list[str]) -> dict[str, bytes | None]:
+    """The small files ``names`` of the shard set at ``root`` (manifest, labels, ids), as bytes (None when one is
+    not there): read from the folder, or for a URL fetched through litdata's own downloader for its scheme into a
+    temporary folder, read and deleted (a stale copy is never read)."""
+    if not is_remote(root):
+        return {n: (Path(root) / n).read_bytes() if (Path(root) / n).is_file() else None for n in names}
+    import tempfile
+
+    from litdata.streaming.downloader import get_downloader
+
+    got: dict[str, bytes | None] = {}
+    with tempfile.TemporaryDirectory(prefix="hrn-shards-") as tmp:
+        downloader = get_downloader(root, tmp, [])
+        for n in names:
+            local = Path(tmp) / n.replace("/", "_")
+            try:
+                downloader.download_file(f"{root.rstrip('/')}/{n}", str(local))
+            except FileNotFoundError:
+                got[n] = None
+                continue
+            except Exception as e:  # the object store's own errors (credentials, network, a missing client)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise DataError(
+                    f"dataset.root={root}: cannot fetch {n} ({type(e).__name__}: {first})"
+                ) from None
+            got[n] = local.read_bytes() if local.is_file() else None
+    return got
+
+
 def shards(
     root: str, batch_size: int = 32, num_workers: int = 0, crop: int | None = None, padding: int | None = None,
-    stream: bool = False,
+    stream: bool = False, cache_dir: str | None = None,
 ) -> DataSplits:  # fmt: skip
-    """The shard set under ``root`` (``hrn.shard``'s ``out``) as the package's splits: the tree, sizes and transform
-    of its manifest (``crop`` and ``padding`` may be changed, not ``resize``: the images are stored at it), the
-    images read by index from litdata's shards, and the same samplers, crops and protocols as every other dataset,
-    so a run on shards equals the run on the dataset they were written from, bit for bit (relabelling included).
-    ``stream``: the training loader streams instead, through litdata's own loader (:mod:`hrn.data.streaming`)."""
-    if "://" in str(root):  # the manifest and label files are read as files: no object-store client here
-        raise DataError(
-            f"dataset.root={root}: shard sets are read from a local or shared file system; object storage is not "
-            "supported yet: copy the set to a shared file system or mount the bucket"
-        )
-    manifest = read_manifest(root)
-    if manifest is None:
+    """The shard set at ``root`` (``hrn.shard``'s ``out``: a folder, or a URL litdata reads, :data:`REMOTE_PREFIXES`)
+    as the package's splits: the tree, sizes and transform of its manifest (``crop`` and ``padding`` may be changed,
+    not ``resize``: the images are stored at it), the images read by index from litdata's shards, and the same
+    samplers, crops and protocols as every other dataset, so a run on shards equals the run on the dataset they were
+    written from, bit for bit (relabelling included). ``stream``: the training loader streams instead, through
+    litdata's own loader (:mod:`hrn.data.streaming`). ``cache_dir``: where litdata keeps the chunks of a remote set
+    (default ``<hrn cache>/shards/<hash of root>``); a local set is read in place."""
+    root = str(root)
+    remote = is_remote(root)
+    manifest_bytes = _fetch(root, [MANIFEST])[MANIFEST]
+    if manifest_bytes is None:
         raise DataError(
             f"dataset.root={root}: no complete shard set ({MANIFEST} missing); write one with python -m hrn.shard"
         )
+    try:
+        manifest = json.loads(manifest_bytes)
+    except ValueError as e:
+        raise DataError(f"dataset.root={root}: {MANIFEST} is not a readable shard manifest ({e})") from None
     if manifest.get("format") != FORMAT:
         raise DataError(
             f"dataset.root={root}: shard format {manifest.get('format')!r}; this hrn reads {FORMAT}"
@@ -184,19 +239,25 @@ def shards(
     augment = Augment(
         t["resize"], t["crop"] if crop is None else crop, t["padding"] if padding is None else padding
     )
-    base = Path(root)
+    if remote and cache_dir is None:
+        from hrn.data.cache import default_cache_dir
+
+        cache_dir = str(default_cache_dir() / "shards" / hashlib.sha256(root.encode()).hexdigest()[:16])
+    names = ("train", "test") if manifest.get("val_is_test") else SPLITS
+    small = _fetch(root, [f"{split}/{name}" for split in names for name in (LABELS, IDS)])
     splits = {}
-    for split in ("train", "test") if manifest.get("val_is_test") else SPLITS:
-        folder = base / split
+    for split in names:
+        folder = f"{root.rstrip('/')}/{split}" if remote else str(Path(root) / split)
         try:
-            targets = np.load(folder / LABELS).tolist()
-            paths = json.loads((folder / IDS).read_text())
-        except (OSError, ValueError) as e:
+            targets = np.load(io.BytesIO(small[f"{split}/{LABELS}"])).tolist()
+            paths = json.loads(small[f"{split}/{IDS}"])
+        except (TypeError, ValueError) as e:  # TypeError: a file that is not there (None)
             raise DataError(
                 f"dataset.root={root}: the {split} split's labels or ids do not read ({e})"
             ) from None
+        chunks = str(Path(cache_dir) / split) if remote else None
         splits[split] = LabelledImages(
-            ShardImages(str(folder), augment.resize, len(targets)), targets, paths, augment
+            ShardImages(folder, augment.resize, len(targets), chunks), targets, paths, augment
         )
     # written from a dataset that validates on its test split (stored once, as test): so does this one
     splits.setdefault("val", splits["test"])
@@ -207,5 +268,6 @@ def shards(
     if stream:
         from hrn.data.streaming import StreamedSplits
 
-        return StreamedSplits(h, **splits, **settings, train_folder=str(base / "train"))
+        train = splits["train"].source
+        return StreamedSplits(h, **splits, **settings, train_folder=train.folder, train_cache=train.cache_dir)
     return DataSplits(h, **splits, **settings)

@@ -32,9 +32,9 @@ class StreamedImages(StreamingDataset):
     """A training split streamed from its shards (``folder``), its samples cropped, flipped and labelled as
     ``images`` (the split as the protocols left it) says; ``seed``: the run's, for litdata's order and the crops."""
 
-    def __init__(self, folder: str, images: LabelledImages, seed: int) -> None:
+    def __init__(self, folder: str, images: LabelledImages, seed: int, cache_dir: str | None = None) -> None:
         # drop_last: every rank the same number of samples; batch_decode=0: each sample decoded on its own
-        super().__init__(folder, shuffle=True, drop_last=True, seed=seed, batch_decode=0)
+        super().__init__(folder, cache_dir=cache_dir, shuffle=True, drop_last=True, seed=seed, batch_decode=0)
         self.images, self.crop_seed = images, seed
 
     def _rank_now(self) -> None:
@@ -80,11 +80,17 @@ def stacked(samples: list[Batch]) -> Batch:
 
 
 def streaming_loader(
-    folder: str, images: LabelledImages, seed: int, batch_size: int, num_workers: int
+    folder: str,
+    images: LabelledImages,
+    seed: int,
+    batch_size: int,
+    num_workers: int,
+    cache_dir: str | None = None,
 ) -> StreamingDataLoader:
-    """litdata's loader over the streamed training split (its state goes into each checkpoint through Lightning)."""
+    """litdata's loader over the streamed training split (its state goes into each checkpoint through Lightning);
+    ``cache_dir``: where litdata keeps a remote set's chunks."""
     return StreamingDataLoader(
-        StreamedImages(folder, images, seed),
+        StreamedImages(folder, images, seed, cache_dir),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=stacked,
@@ -99,6 +105,7 @@ class StreamedSplits(DataSplits):
     validation, test and any unshuffled loader read by index, as :class:`~hrn.data.base.DataSplits` does."""
 
     train_folder: str = ""
+    train_cache: str | None = None
 
     def loader(self, split: str, shuffle: bool | None = None) -> DataLoader:
         shuffle = (split == "train") if shuffle is None else shuffle
@@ -108,4 +115,6 @@ class StreamedSplits(DataSplits):
             raise DataError(
                 f"the {self.name} train split has {len(self.train)} image; training needs at least 2"
             )
-        return streaming_loader(self.train_folder, self.train, self.seed, self.batch_size, self.num_workers)
+        return streaming_loader(
+            self.train_folder, self.train, self.seed, self.batch_size, self.num_workers, self.train_cache
+        )
