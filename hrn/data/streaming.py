@@ -60,9 +60,8 @@ class StreamedImages(StreamingDataset):
         i, a = int(item["index"]), self.images.augment
         image = torch.from_numpy(item["image"])
         scale = self.images.scale(i)
-        if (
-            scale < 1.0
-        ):  # the degrade protocol, on the stored (already resized) image as by-index reading does
+        if scale < 1.0:
+            # the degrade protocol, on the stored (already resized) image, as reading by index does
             image = resize_image(downsample(image, scale), a.resize)
         out = np.empty((3, a.crop, a.crop), dtype=np.uint8)
         # litdata counts epochs from 1, Lightning (and the by-index crops) from 0

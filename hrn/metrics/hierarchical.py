@@ -139,9 +139,8 @@ class HierarchicalMetrics(Metric):
         self.with_ap = hierarchy.num_nodes <= ap_max_nodes
         self.tree = TreeProbabilities(hierarchy)  # its top-down path (the marginals come in already computed)
         self.register_buffer("ancestor_at_level", hierarchy.ancestor_at_level, persistent=False)  # (L, N)
-        if (
-            self.with_ap
-        ):  # (N, N) bool, for AP's multi-hot targets only: 10 GB at 100,000 nodes, so not built above
+        if self.with_ap:
+            # (N, N) bool, for AP's multi-hot targets only: 10 GB at 100,000 nodes, so not built above
             self.register_buffer("ancestors", hierarchy.ancestors, persistent=False)
         else:
             log.warning(
