@@ -2,7 +2,11 @@
 protocols, training through the real Hydra config, and one short run on the real files."""
 
 import gzip
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -281,7 +285,8 @@ def test_cli_bad_root_is_one_line(tmp_path):
 @pytest.mark.skipif(not REAL_FILES, reason=f"the real Fashion-MNIST files are absent from {DEBIAN_ROOT}")
 def test_two_short_epochs_on_the_real_files_beat_chance(tmp_path):
     """Two short epochs on a per-class subset of the real files, then `hrn.evaluate` on its checkpoint: every level
-    well above chance, and the class names (one with a slash) in the per-class table. (One epoch left the level-1
+    well above chance, the class names (one with a slash) in the per-class table, and the same numbers from three
+    DDP processes (the in-memory path: 200 images, one repeated by the sampler, counted once). (One epoch left the level-1
     head at the majority rate, 0.605 against the bar of 0.75, in one run of the suite of four: 0.775 in another;
     two give 0.96 with one thread or two.)"""
     cfg = make_cfg(
@@ -309,10 +314,23 @@ def test_two_short_epochs_on_the_real_files_beat_chance(tmp_path):
                 "trainer.enable_progress_bar=false",
             ],
         )
-    assert (
-        evaluate(eval_cfg)["test/num_samples"] == 200
-    )  # the checkpoint's dataset settings, test subset included
+    one = evaluate(eval_cfg)
+    assert one["test/num_samples"] == 200  # the checkpoint's dataset settings, test subset included
     rows = (tmp_path / "eval" / "per_class.csv").read_text().splitlines()
     assert any(r.startswith("T-shirt/top,3,20,") for r in rows), rows
     paths = np.load(tmp_path / "eval" / "predictions.npz")["paths"]
     assert len(paths) == 200 and str(paths[0]).startswith("fashion_mnist/test/")
+    # the in-memory path under DDP: 3 gloo processes share the 200 images, 67 each once a DistributedSampler has
+    # repeated one; every image counts once and the metrics are the single process's (the losses: per-process means)
+    # a process of its own: Lightning starts the other two from its command line
+    args = ["trainer=ddp_cpu", "trainer.devices=3", "trainer.enable_progress_bar=false"]
+    ddp = subprocess.run(
+        [sys.executable, "-m", "hrn.evaluate", f"ckpt_path={best}", *args, f"hydra.run.dir={tmp_path / 'ddp'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert "Starting with 3 processes" in ddp.stderr  # Lightning's word that the three ranks met
+    shared = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert shared["test/num_samples"] == 200
+    for key in ("acc_l1", "acc_l2", "acc_l3", "ap_micro", "full_path_acc", "h_f1", "ece_l3"):
+        assert shared[f"test/{key}"] == pytest.approx(one[f"test/{key}"], abs=1e-6), key
