@@ -15,6 +15,7 @@ from hrn import HRN, CompositeLoss, Hierarchy
 from hrn.bench import main as bench_main
 from hrn.benchmarks.timing import interleaved
 from hrn.benchmarks.tree_loss import AuthorsTreeLoss, balanced_tree
+from hrn.checkpoints import load_checkpoint
 from hrn.losses import TreeLoss
 from tests import fixtures
 
@@ -335,7 +336,7 @@ def test_two_nodes_train_on_shards_agree_on_the_weights_and_count_each_test_imag
     assert written.returncode == 0, written.stderr[-2000:]
     assert json.loads(written.stdout.strip().splitlines()[-1])["splits"]["test"] == 5
     port, logs = _free_port(), tmp_path / "logs"
-    procs = []
+    procs, errs = [], []
     for node in (0, 1):
         env = {
             **os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(fixtures.ROOT), *sys.path[1:]]),
@@ -350,13 +351,14 @@ def test_two_nodes_train_on_shards_agree_on_the_weights_and_count_each_test_imag
             f"hydra.run.dir={tmp_path / f'node{node}'}",
         ]  # fmt: skip
         # stderr to a file, not a pipe: a pipe nobody reads until the end can fill and stall the run
+        errs.append((tmp_path / f"node{node}.err").open("w"))
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "hrn.train", *args],
                 cwd=tmp_path,
                 env=env,
                 stdout=subprocess.DEVNULL,
-                stderr=(tmp_path / f"node{node}.err").open("w"),
+                stderr=errs[-1],
             )  # fmt: skip
         )
     try:  # a node that fails leaves the other waiting for it: stop that one too
@@ -369,8 +371,10 @@ def test_two_nodes_train_on_shards_agree_on_the_weights_and_count_each_test_imag
         for p in procs:
             if p.poll() is None:
                 p.kill()
+            p.wait()
+        for f in errs:
+            f.close()
     for node, proc in enumerate(procs):
-        proc.wait()
         assert proc.returncode == 0, f"node {node}: {(tmp_path / f'node{node}.err').read_text()[-3000:]}"
     digests = {(logs / f"weights-rank{r}.txt").read_text() for r in (0, 1)}
     assert len(digests) == 1, "the nodes ended with different weights"
@@ -383,8 +387,6 @@ def test_two_nodes_train_on_shards_agree_on_the_weights_and_count_each_test_imag
         assert len(seen[0]) == len(seen[1]) == 6 and not set(seen[0]) & set(seen[1])
     ddp = json.loads((tmp_path / "node0" / "metrics.json").read_text())
     assert ddp["test/num_samples"] == 5 and not (tmp_path / "node1" / "metrics.json").exists()
-    from hrn.checkpoints import load_checkpoint
-
     last = load_checkpoint(tmp_path / "node0" / "checkpoints" / "last.ckpt")
     assert fixtures.weights_digest(last.net) in digests  # node 0 saved the weights both hold
     best = next((tmp_path / "node0" / "checkpoints").glob("best-*.ckpt"))  # what train's test/ numbers are of
