@@ -53,6 +53,7 @@ MANIFEST = "hrn.json"
 START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 SPLITS = ("train", "val", "test")
 LABELS, IDS = "hrn-labels.npy", "hrn-ids.json"  # beside litdata's files in each split's folder
+KEEP_MAPPED = 4096  # chunk maps a by-index reader keeps open (64 MB chunks: 256 GB of shards)
 FORMAT = 1
 
 
@@ -163,9 +164,25 @@ class ShardImages(ImageSource):
 
             # decode the asked-for sample alone: litdata's default decodes a window of its neighbours with it,
             # which reading by index in a shuffled order throws away (174 against 15,000 images/s, 550 px)
-            self._stream = StreamingDataset(self.folder, cache_dir=self.cache_dir, batch_decode=0)
+            self._stream = StreamingDataset(
+                self.folder, cache_dir=self.cache_dir, batch_decode=0, **self._keep_mapped()
+            )
         image = torch.from_numpy(self._stream[i]["image"])
         return resize_image(downsample(image, scale), self.size) if scale < 1.0 else image
+
+    def _keep_mapped(self) -> dict:
+        """A local set's chunks are memory-mapped in place, and litdata keeps ``max(4, max_pre_download)`` maps
+        open; reading by index in a shuffled order jumps between chunks, so keep a map of every chunk (up to
+        :data:`KEEP_MAPPED`): 6,200 -> 44,000 samples/s on 100,000 32 px samples in 5 chunks. (The maps hold
+        address space, not memory: a page is read in when touched, and the kernel may drop it.) A remote set
+        keeps litdata's default, where the number also bounds the chunks downloaded ahead."""
+        if self.cache_dir is not None:
+            return {}
+        try:
+            chunks = len(json.loads((Path(self.folder) / "index.json").read_text())["chunks"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+        return {"max_pre_download": max(2, min(chunks, KEEP_MAPPED))}
 
     def __getstate__(self) -> dict:  # a worker opens its own stream
         return {**self.__dict__, "_stream": None}
