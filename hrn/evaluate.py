@@ -29,6 +29,7 @@ from hrn.cli.config import CONF_DIR
 from hrn.cli.entry import run_command
 from hrn.cli.errors import report_errors
 from hrn.data.base import DataError
+from hrn.errors import HRNError
 from hrn.metrics import level_table
 from hrn.metrics.hierarchical import check_threshold
 from hrn.metrics.outputs import (
@@ -79,6 +80,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         run_dir = Path(cfg.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         records = module.eval_metrics["test"].records
+        if records is None:  # the test ran in processes of their own (a spawning or forking launcher)
+            raise HRNError(
+                f"trainer.strategy={cfg.trainer.get('strategy')}: hrn.evaluate writes what it gathered in this "
+                "process, and this strategy evaluated in spawned or forked ones; use trainer=ddp_cpu or trainer=ddp"
+            )
         paths = [images.paths[i] for i in records.index.tolist()] if (records.index >= 0).all() else []
         write_json(run_dir / "metrics.json", metrics)
         write_predictions(run_dir / "predictions.npz", records, data.hierarchy, paths)

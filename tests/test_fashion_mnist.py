@@ -20,7 +20,6 @@ from hrn.data.base import DataError
 from hrn.data.fashion_mnist import CLASSES, DEBIAN_ROOT, fashion_mnist, find_files
 from hrn.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx, read_images_and_labels
 from hrn.data.protocols import apply_protocols
-from hrn.evaluate import evaluate
 from hrn.train import train
 from tests import fixtures
 from tests.fixtures import run_command
@@ -305,32 +304,22 @@ def test_two_short_epochs_on_the_real_files_beat_chance(tmp_path):
     for level, n in enumerate([2, 6, 10], start=1):
         assert metrics[f"test/acc_l{level}"] > 1.5 / n, (level, metrics)
     best = next((tmp_path / "train" / "checkpoints").glob("best-*.ckpt"))
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        eval_cfg = compose(
-            "evaluate",
-            overrides=[
-                f"run_dir={tmp_path / 'eval'}",
-                f"ckpt_path={best}",
-                "trainer.enable_progress_bar=false",
-            ],
-        )
-    one = evaluate(eval_cfg)
-    assert one["test/num_samples"] == 200  # the checkpoint's dataset settings, test subset included
-    rows = (tmp_path / "eval" / "per_class.csv").read_text().splitlines()
-    assert any(r.startswith("T-shirt/top,3,20,") for r in rows), rows
-    paths = np.load(tmp_path / "eval" / "predictions.npz")["paths"]
-    assert len(paths) == 200 and str(paths[0]).startswith("fashion_mnist/test/")
-    # the in-memory path under DDP: 3 gloo processes share the 200 images, 67 each once a DistributedSampler has
-    # repeated one; every image counts once and the metrics are the single process's (the losses: per-process means)
-    # a process of its own: Lightning starts the other two from its command line
+    # hrn.evaluate of the best checkpoint on the in-memory path under DDP: 3 gloo processes share the 200 test
+    # images, 67 each once a DistributedSampler has repeated one. Every image counts once and the metrics are the
+    # training run's own single-process test of that checkpoint (the losses: averages of per-process means). A
+    # process of its own: Lightning starts the other two from its command line.
     args = ["trainer=ddp_cpu", "trainer.devices=3", "trainer.enable_progress_bar=false"]
     ddp = subprocess.run(
-        [sys.executable, "-m", "hrn.evaluate", f"ckpt_path={best}", *args, f"hydra.run.dir={tmp_path / 'ddp'}"],
+        [sys.executable, "-m", "hrn.evaluate", f"ckpt_path={best}", *args, f"hydra.run.dir={tmp_path / 'eval'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert "Starting with 3 processes" in ddp.stderr  # Lightning's word that the three ranks met
-    shared = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    assert shared["test/num_samples"] == 200
+    shared = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert shared["test/num_samples"] == 200  # the checkpoint's dataset settings, test subset included
     for key in ("acc_l1", "acc_l2", "acc_l3", "ap_micro", "full_path_acc", "h_f1", "ece_l3"):
-        assert shared[f"test/{key}"] == pytest.approx(one[f"test/{key}"], abs=1e-6), key
+        assert shared[f"test/{key}"] == pytest.approx(metrics[f"test/{key}"], abs=1e-6), key
+    rows = (tmp_path / "eval" / "per_class.csv").read_text().splitlines()
+    assert any(r.startswith("T-shirt/top,3,20,") for r in rows), rows
+    paths = np.load(tmp_path / "eval" / "predictions.npz")["paths"]
+    assert len(paths) == 200 and str(paths[0]).startswith("fashion_mnist/test/")

@@ -182,7 +182,8 @@ def test_a_streamed_run_killed_mid_epoch_resumes_where_it_stopped(shards, tmp_pa
 
     run = [
         "dataset=shards", f"dataset.root={shards}", "dataset.stream=true", "dataset.batch_size=8",
-        *SAME_MODEL[:6], "trainer.max_epochs=2", "trainer.deterministic=true", "relabel_ratio=0.5", "seed=3",
+        *SAME_MODEL[:4], "model.width=16", "model.dim=8", "trainer.max_epochs=2", "trainer.deterministic=true",
+        "relabel_ratio=0.5", "seed=3",
         "callbacks.progress_bar.refresh_rate=0", "callbacks.model_checkpoint.monitor=null",
         "+callbacks.model_checkpoint.every_n_train_steps=1",  # a checkpoint after every step: mid-epoch ones
     ]  # fmt: skip
