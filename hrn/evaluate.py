@@ -5,8 +5,9 @@ run directory:
 
 - ``metrics.json``: the flat metrics, ``test/acc_l1`` ... ``test/num_samples`` (prefix = the split);
 - ``predictions.npz``: ``target`` (M,) the labels, ``scores`` (M, N) as used for ``ap_micro`` and ``targets``
-  (M, N) multi-hot (label and ancestors), both (M, 0) for a tree over ``ap_max_nodes``, ``preds`` (M, L) per-level predictions, ``node`` (M,) the node predicted at ``threshold``, ``path``
-  and ``path_probs`` (M, L), ``paths`` (M,);
+  (M, N) multi-hot (label and ancestors), both (M, 0) for a tree over ``ap_max_nodes``, ``preds`` (M, L)
+  per-level predictions, ``node`` (M,) the node predicted at ``threshold``, ``path`` and ``path_probs`` (M, L),
+  ``paths`` (M,);
 - ``per_class.csv``: per node, its level, support and accuracy;
 - ``confusion_l{l}.png``: a confusion matrix per level (of at most 2,000 classes);
 - ``specificity.csv`` and ``specificity.png``: hP, hR, hF, where the predictions stop and their accuracy, for a

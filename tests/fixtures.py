@@ -470,6 +470,12 @@ class RecordOrder(L.Callback):
             f.write(json.dumps(line) + "\n")
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a command run in a process of its own: this one's, with the checkout first on the path
+    (so the callbacks of this module import wherever the process starts), and ``extra``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path[1:]]), **extra}
+
+
 @dataclass
 class Ran:
     """What a command run by :func:`run_command` left: its exit status and what it printed."""

@@ -1,7 +1,6 @@
 """Speed and scale switches: bf16 and channels_last numerics, torch.compile wiring, DDP on CPU, the bench."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -233,11 +232,7 @@ def test_bench_e2e_times_whole_epochs_against_the_step_alone(tmp_path):
 
 def _run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     # the training callback comes from tests.fixtures: the checkout on the path, wherever the process starts
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(fixtures.ROOT), *sys.path[1:]]),
-    }
+    env = fixtures.child_env(OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
     )
@@ -338,10 +333,13 @@ def test_two_nodes_train_on_shards_agree_on_the_weights_and_count_each_test_imag
     port, logs = _free_port(), tmp_path / "logs"
     procs, errs = [], []
     for node in (0, 1):
-        env = {
-            **os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(fixtures.ROOT), *sys.path[1:]]),
-            "NODE_RANK": str(node), "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-        }  # fmt: skip
+        env = fixtures.child_env(
+            OMP_NUM_THREADS="1",
+            NODE_RANK=str(node),
+            LOCAL_RANK="0",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
         args = [
             "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2", "trainer.max_epochs=2",
             "dataset=shards", f"dataset.root={shards}", "dataset.stream=true", "dataset.batch_size=3", "model.trunk=resnet18",

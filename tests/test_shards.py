@@ -174,7 +174,6 @@ def test_a_streamed_run_killed_mid_epoch_resumes_where_it_stopped(shards, tmp_pa
     into every checkpoint. A run SIGKILLed in the middle of its second epoch (at a step of its own choosing, in a
     process of its own), then resumed from its last checkpoint, ends with the metrics of an unbroken run, bit for
     bit: the loader went on from the sample it had reached, with the same crops, labels and order."""
-    import os
     import subprocess
     import sys
 
@@ -191,7 +190,7 @@ def test_a_streamed_run_killed_mid_epoch_resumes_where_it_stopped(shards, tmp_pa
     assert unbroken.returncode == 0, unbroken.stderr[-2000:]
     steps = json.loads((tmp_path / "unbroken" / "metrics.json").read_text())
     broken = tmp_path / "broken"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fixtures.ROOT), *sys.path[1:]])}
+    env = fixtures.child_env()
     # 48 images, batch 8: 6 steps an epoch, so step 9 is the second epoch's fourth
     killed = subprocess.run(
         [sys.executable, "-m", "hrn.train", *run, f"hydra.run.dir={broken}",

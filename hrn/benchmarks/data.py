@@ -135,6 +135,10 @@ def bench_data(quick: bool, device: torch.device, workers: int | None = None) ->
         seconds = measure(lambda: normalize(images), min_run_time=0.02 if quick else 0.2).median
     by = {(r["path"], r["crop"], r["workers"]): r["images_per_s"] for r in rows}
     keys = [(crop, w) for _, crop in sizes for w in sorted({0, workers})]
+
+    def over(path: str, base: str) -> dict[str, float]:  # "crop/workers" -> images/s of path over base's
+        return {f"{c}/{w}": by[(path, c, w)] / by[(base, c, w)] for c, w in keys if (path, c, w) in by}
+
     return {
         "images": count,
         "source": "500x375 JPEG",
@@ -142,15 +146,9 @@ def bench_data(quick: bool, device: torch.device, workers: int | None = None) ->
         + " -> flip -> Normalize, batch 32",
         "workers": sorted({0, workers}),
         "loaders": rows,
-        "cache_speedup": {f"{c}/{w}": by[("cache", c, w)] / by[("pil", c, w)] for c, w in keys},
-        "shards_vs_cache": {
-            f"{c}/{w}": by[("shards", c, w)] / by[("cache", c, w)] for c, w in keys if ("shards", c, w) in by
-        },
-        "streamed_vs_cache": {
-            f"{c}/{w}": by[("streamed", c, w)] / by[("cache", c, w)]
-            for c, w in keys
-            if ("streamed", c, w) in by
-        },
+        "cache_speedup": over("cache", "pil"),
+        "shards_vs_cache": over("shards", "cache"),
+        "streamed_vs_cache": over("streamed", "cache"),
         "shard_write_s": shard_write_s,
         "transform_device": str(device),
         "transform_images_per_s": len(images) / seconds,

@@ -5,6 +5,7 @@ against the CUB tree's."""
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,8 +80,8 @@ print(json.dumps({"before": before, "after": status(), "images_per_s": rate}))
 
 def _memory(h: Hierarchy, sizes: tuple[int, ...], reads: tuple[str, ...], tmp: Path) -> list[dict]:
     """Per shard-set size: the time to write it and, in a fresh process for each way of reading it in ``reads``
-    (``by index``, ``dataset.stream=false``; ``streamed``, ``dataset.stream=true``), one training epoch (batch 256, no workers):
-    its images/s and the memory it added over the process after its imports: the peak of the resident set, and at
+    (``by index``, ``dataset.stream=false``; ``streamed``, ``dataset.stream=true``), one training epoch (batch 256,
+    no workers): its images/s and the memory it added over the process after its imports: the peak of the resident set, and at
     the end the anonymous memory (the heap: what the process holds) and the file-backed pages (chunks mapped by
     litdata, which the kernel can drop)."""
     from hrn.data.shards import write_shards
@@ -132,7 +133,7 @@ def _train_steps(wide: Hierarchy, quick: bool, device: torch.device) -> dict:
 
         steps[name], nodes[name] = step, {"levels": h.level_sizes, "nodes": h.num_nodes}
     rounds = interleaved(steps, pairs, device)
-    seconds = {k: sorted(r[k] for r in rounds)[len(rounds) // 2] for k in steps}
+    seconds = {k: statistics.median(r[k] for r in rounds) for k in steps}
     return {
         "trunk": trunk,
         "input": size,
@@ -141,7 +142,7 @@ def _train_steps(wide: Hierarchy, quick: bool, device: torch.device) -> dict:
         "trees": nodes,
         "step_s": seconds,
         "images_per_s": {k: batch / s for k, s in seconds.items()},
-        "wide_vs_cub": sorted(r["wide"] / r["cub"] for r in rounds)[len(rounds) // 2],
+        "wide_vs_cub": statistics.median(r["wide"] / r["cub"] for r in rounds),
     }
 
 

@@ -69,21 +69,21 @@ def data_table(d: dict) -> str:
     for r in d["loaders"]:
         build = f"  (cache built in {r['build_s']:.1f} s)" if "build_s" in r else ""
         out.append(f"  {r['path']:<9} {r['crop']} px {r['workers']} workers {r['images_per_s']:10.1f}{build}")
-    at = "{} workers at {} px".format
-    out.append(
-        "  cache / pil: "
-        + ", ".join(f"{x:.1f}x {at(*reversed(k.split('/')))}" for k, x in d["cache_speedup"].items())
-    )
+
+    def at(key: str) -> str:  # "448/2" -> "2 workers at 448 px"
+        crop, workers = key.split("/")
+        return f"{workers} workers at {crop} px"
+
+    out.append("  cache / pil: " + ", ".join(f"{x:.1f}x {at(k)}" for k, x in d["cache_speedup"].items()))
     if d.get("shards_vs_cache"):
         written = ", ".join(f"{s:.1f} s at {c} px" for c, s in d["shard_write_s"].items())
         out.append(
             "  shards / cache: "
-            + ", ".join(f"{x:.2f}x {at(*reversed(k.split('/')))}" for k, x in d["shards_vs_cache"].items())
+            + ", ".join(f"{x:.2f}x {at(k)}" for k, x in d["shards_vs_cache"].items())
             + f" (shards written in {written})"
         )
         out.append(
-            "  streamed / cache: "
-            + ", ".join(f"{x:.2f}x {at(*reversed(k.split('/')))}" for k, x in d["streamed_vs_cache"].items())
+            "  streamed / cache: " + ", ".join(f"{x:.2f}x {at(k)}" for k, x in d["streamed_vs_cache"].items())
         )
     if "scale" in d:
         out.append(scale_table(d["scale"]))

@@ -338,6 +338,10 @@ class DataSplits:
                 "cannot train on a batch of one): add images, or move some from the other splits"
             )
         dataset.prepare()
+        return self._loader(split, dataset, shuffle)
+
+    def _loader(self, split: str, dataset: LabelledImages, shuffle: bool) -> DataLoader:
+        """The loader itself, once :meth:`loader` has checked the split (a subclass may stream one instead)."""
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

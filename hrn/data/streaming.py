@@ -23,7 +23,7 @@ from litdata import StreamingDataLoader, StreamingDataset
 from torch.utils.data import DataLoader
 
 from hrn.data.augment import downsample, resize_image, window
-from hrn.data.base import Batch, DataError, DataSplits, LabelledImages
+from hrn.data.base import Batch, DataSplits, LabelledImages
 
 __all__ = ["StreamedImages", "StreamedSplits", "stacked", "streaming_loader"]
 
@@ -100,20 +100,15 @@ def streaming_loader(
 
 @dataclass
 class StreamedSplits(DataSplits):
-    """A shard set's splits whose training loader streams (:func:`streaming_loader` over ``train_folder``);
-    validation, test and any unshuffled loader read by index, as :class:`~hrn.data.base.DataSplits` does."""
+    """A shard set's splits whose training loader streams (:func:`streaming_loader` over ``train_folder``), after
+    the checks of :meth:`DataSplits.loader`; validation, test and any unshuffled loader read by index, as there."""
 
     train_folder: str = ""
     train_cache: str | None = None
 
-    def loader(self, split: str, shuffle: bool | None = None) -> DataLoader:
-        shuffle = (split == "train") if shuffle is None else shuffle
+    def _loader(self, split: str, dataset: LabelledImages, shuffle: bool) -> DataLoader:
         if split != "train" or not shuffle:
-            return super().loader(split, shuffle)
-        if len(self.train) < 2:
-            raise DataError(
-                f"the {self.name} train split has {len(self.train)} image; training needs at least 2"
-            )
+            return super()._loader(split, dataset, shuffle)
         return streaming_loader(
-            self.train_folder, self.train, self.seed, self.batch_size, self.num_workers, self.train_cache
+            self.train_folder, dataset, self.seed, self.batch_size, self.num_workers, self.train_cache
         )

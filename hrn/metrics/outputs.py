@@ -75,10 +75,10 @@ def per_class_rows(records: SampleRecords, h: Hierarchy) -> list[dict]:
         support = torch.bincount(truth[known, lvl], minlength=n)
         correct = torch.bincount(truth[known & (preds[:, lvl] == truth[:, lvl]), lvl], minlength=n)
         accuracy = correct.double() / support.double()  # nan where a class has no support
-        for local in range(n):
+        for local, name in enumerate(h.levels[lvl]):
             rows.append(
                 {
-                    "node": h.names[h.offsets[lvl] + local],
+                    "node": name,
                     "level": lvl + 1,
                     "support": int(support[local]),
                     "accuracy": float(accuracy[local]),
